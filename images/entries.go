@@ -1,0 +1,304 @@
+package images
+
+import (
+	"fmt"
+
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/fs"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/inventory"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/pstree"
+	"google.golang.org/protobuf/proto"
+)
+
+// Mount is one MntEntry of a mountpoints-<ns>.img, as plain values.
+type Mount struct {
+	FSType          uint32 // CRIU's fstype enum; FSName names AUTO ones
+	MntID           uint32
+	RootDev         uint32 // kernel kdev_t: major<<20 | minor
+	ParentMntID     uint32
+	Flags           uint32 // per-mount MS_* flags, including propagation bits
+	Root            string
+	Mountpoint      string
+	Source          string
+	Options         string
+	SharedID        uint32
+	MasterID        uint32
+	WithPlugin      bool
+	ExtMount        bool
+	FSName          string
+	InternalSharing bool
+	Deleted         bool
+	SbFlags         uint32
+	ExtKey          string
+}
+
+// Task is one PstreeEntry.
+type Task struct {
+	Pid, Ppid, Pgid, Sid uint32
+	Threads              []uint32
+}
+
+// TaskIDs are the namespace ids of a task (TaskKobjIdsEntry); zero when absent.
+type TaskIDs struct {
+	VMID, FilesID, FSID, SighandID                       uint32
+	PidNS, NetNS, IpcNS, UtsNS, MntNS, UserNS, CgroupNS uint32
+	TimeNS                                               uint32
+}
+
+// InventoryInfo is the part of the InventoryEntry mntv2 uses.
+type InventoryInfo struct {
+	ImgVersion uint32
+	RootIDs    TaskIDs
+	HasRootIDs bool
+	NSPerID    bool
+}
+
+// FSInfo is an FsEntry: the cwd and root file ids of a task.
+type FSInfo struct {
+	CwdID, RootID, Umask uint32
+}
+
+func decodeRecord(img *Image, i int, m proto.Message) error {
+	if err := proto.Unmarshal(img.Records[i], m); err != nil {
+		return &FormatError{File: img.File, Offset: img.recordOffset(i),
+			Err: fmt.Errorf("%w: record %d: %v", ErrBadRecord, i, err)}
+	}
+	return nil
+}
+
+// recordOffset is the byte offset of record i's header in the file.
+func (img *Image) recordOffset(i int) int64 {
+	off := int64(4)
+	if img.Type.Common {
+		off = 8
+	}
+	for _, r := range img.Records[:i] {
+		off += 4 + int64(len(r))
+	}
+	return off
+}
+
+// Mounts decodes a mountpoints image.
+func (img *Image) Mounts() ([]Mount, error) {
+	out := make([]Mount, 0, len(img.Records))
+	var e mnt.MntEntry
+	for i := range img.Records {
+		if err := decodeRecord(img, i, &e); err != nil {
+			return nil, err
+		}
+		out = append(out, mountFromEntry(&e))
+	}
+	return out, nil
+}
+
+func mountFromEntry(e *mnt.MntEntry) Mount {
+	return Mount{
+		FSType: e.GetFstype(), MntID: e.GetMntId(), RootDev: e.GetRootDev(),
+		ParentMntID: e.GetParentMntId(), Flags: e.GetFlags(), Root: e.GetRoot(),
+		Mountpoint: e.GetMountpoint(), Source: e.GetSource(), Options: e.GetOptions(),
+		SharedID: e.GetSharedId(), MasterID: e.GetMasterId(), WithPlugin: e.GetWithPlugin(),
+		ExtMount: e.GetExtMount(), FSName: e.GetFsname(), InternalSharing: e.GetInternalSharing(),
+		Deleted: e.GetDeleted(), SbFlags: e.GetSbFlags(), ExtKey: e.GetExtKey(),
+	}
+}
+
+func entryFromMount(m *Mount) *mnt.MntEntry {
+	e := &mnt.MntEntry{
+		Fstype: proto.Uint32(m.FSType), MntId: proto.Uint32(m.MntID), RootDev: proto.Uint32(m.RootDev),
+		ParentMntId: proto.Uint32(m.ParentMntID), Flags: proto.Uint32(m.Flags), Root: proto.String(m.Root),
+		Mountpoint: proto.String(m.Mountpoint), Source: proto.String(m.Source), Options: proto.String(m.Options),
+	}
+	// Optional fields are written the way CRIU 4.2 writes them: shared_id,
+	// master_id and sb_flags always, the others only when set.
+	e.SharedId, e.MasterId, e.SbFlags = proto.Uint32(m.SharedID), proto.Uint32(m.MasterID), proto.Uint32(m.SbFlags)
+	if m.WithPlugin {
+		e.WithPlugin = proto.Bool(true)
+	}
+	if m.ExtMount {
+		e.ExtMount = proto.Bool(true)
+	}
+	if m.FSName != "" {
+		e.Fsname = proto.String(m.FSName)
+	}
+	if m.InternalSharing {
+		e.InternalSharing = proto.Bool(true)
+	}
+	if m.Deleted {
+		e.Deleted = proto.Bool(true)
+	}
+	if m.ExtKey != "" {
+		e.ExtKey = proto.String(m.ExtKey)
+	}
+	return e
+}
+
+var marshal = proto.MarshalOptions{Deterministic: true}
+
+func encodeAll[M proto.Message](t Type, file string, msgs []M) (*Image, error) {
+	img := &Image{File: file, Type: t, Records: make([][]byte, 0, len(msgs))}
+	for _, m := range msgs {
+		b, err := marshal.Marshal(m)
+		if err != nil {
+			return nil, fmt.Errorf("encode %s: %w", file, err)
+		}
+		img.Records = append(img.Records, b)
+	}
+	return img, nil
+}
+
+// EncodeMounts builds a mountpoints image from mounts.
+func EncodeMounts(nsID uint32, mounts []Mount) (*Image, error) {
+	entries := make([]*mnt.MntEntry, len(mounts))
+	for i := range mounts {
+		entries[i] = entryFromMount(&mounts[i])
+	}
+	return encodeAll(Mountpoints, MountpointsFile(nsID), entries)
+}
+
+// Tasks decodes a pstree image.
+func (img *Image) Tasks() ([]Task, error) {
+	out := make([]Task, 0, len(img.Records))
+	for i := range img.Records {
+		var e pstree.PstreeEntry
+		if err := decodeRecord(img, i, &e); err != nil {
+			return nil, err
+		}
+		out = append(out, Task{Pid: e.GetPid(), Ppid: e.GetPpid(), Pgid: e.GetPgid(), Sid: e.GetSid(), Threads: e.GetThreads()})
+	}
+	return out, nil
+}
+
+// EncodeTasks builds a pstree image.
+func EncodeTasks(tasks []Task) (*Image, error) {
+	entries := make([]*pstree.PstreeEntry, len(tasks))
+	for i, t := range tasks {
+		entries[i] = &pstree.PstreeEntry{Pid: proto.Uint32(t.Pid), Ppid: proto.Uint32(t.Ppid),
+			Pgid: proto.Uint32(t.Pgid), Sid: proto.Uint32(t.Sid), Threads: t.Threads}
+	}
+	return encodeAll(Pstree, "pstree.img", entries)
+}
+
+// one returns the only record of an image that must hold exactly one.
+func (img *Image) one(m proto.Message) error {
+	if len(img.Records) != 1 {
+		return &FormatError{File: img.File, Offset: -1,
+			Err: fmt.Errorf("%w: %d records, want exactly 1", ErrBadRecord, len(img.Records))}
+	}
+	return decodeRecord(img, 0, m)
+}
+
+func idsFromEntry(e *criu_core.TaskKobjIdsEntry) TaskIDs {
+	return TaskIDs{
+		VMID: e.GetVmId(), FilesID: e.GetFilesId(), FSID: e.GetFsId(), SighandID: e.GetSighandId(),
+		PidNS: e.GetPidNsId(), NetNS: e.GetNetNsId(), IpcNS: e.GetIpcNsId(), UtsNS: e.GetUtsNsId(),
+		MntNS: e.GetMntNsId(), UserNS: e.GetUserNsId(), CgroupNS: e.GetCgroupNsId(), TimeNS: e.GetTimeNsId(),
+	}
+}
+
+func entryFromIDs(t TaskIDs) *criu_core.TaskKobjIdsEntry {
+	e := &criu_core.TaskKobjIdsEntry{VmId: proto.Uint32(t.VMID), FilesId: proto.Uint32(t.FilesID),
+		FsId: proto.Uint32(t.FSID), SighandId: proto.Uint32(t.SighandID)}
+	opt := func(v uint32) *uint32 {
+		if v == 0 {
+			return nil
+		}
+		return proto.Uint32(v)
+	}
+	e.PidNsId, e.NetNsId, e.IpcNsId, e.UtsNsId = opt(t.PidNS), opt(t.NetNS), opt(t.IpcNS), opt(t.UtsNS)
+	e.MntNsId, e.UserNsId, e.CgroupNsId, e.TimeNsId = opt(t.MntNS), opt(t.UserNS), opt(t.CgroupNS), opt(t.TimeNS)
+	return e
+}
+
+// TaskIDs decodes an ids-<pid> image.
+func (img *Image) TaskIDs() (TaskIDs, error) {
+	var e criu_core.TaskKobjIdsEntry
+	if err := img.one(&e); err != nil {
+		return TaskIDs{}, err
+	}
+	return idsFromEntry(&e), nil
+}
+
+// EncodeTaskIDs builds an ids-<pid> image.
+func EncodeTaskIDs(pid uint32, ids TaskIDs) (*Image, error) {
+	return encodeAll(IDs, IDsFile(pid), []*criu_core.TaskKobjIdsEntry{entryFromIDs(ids)})
+}
+
+// Inventory decodes an inventory image.
+func (img *Image) Inventory() (InventoryInfo, error) {
+	var e inventory.InventoryEntry
+	if err := img.one(&e); err != nil {
+		return InventoryInfo{}, err
+	}
+	info := InventoryInfo{ImgVersion: e.GetImgVersion(), NSPerID: e.GetNsPerId()}
+	if e.RootIds != nil {
+		info.RootIDs, info.HasRootIDs = idsFromEntry(e.RootIds), true
+	}
+	return info, nil
+}
+
+// CRIU's CRTOOLS_IMAGES_V1_1, the version CRIU 3.x and 4.x write.
+const imgVersionV11 = 2
+
+// EncodeInventory builds an inventory image naming root's namespaces.
+func EncodeInventory(root TaskIDs) (*Image, error) {
+	e := &inventory.InventoryEntry{ImgVersion: proto.Uint32(imgVersionV11),
+		FdinfoPerId: proto.Bool(true), RootIds: entryFromIDs(root), NsPerId: proto.Bool(true)}
+	return encodeAll(Inventory, "inventory.img", []*inventory.InventoryEntry{e})
+}
+
+// FSInfo decodes an fs-<pid> image.
+func (img *Image) FSInfo() (FSInfo, error) {
+	var e fs.FsEntry
+	if err := img.one(&e); err != nil {
+		return FSInfo{}, err
+	}
+	return FSInfo{CwdID: e.GetCwdId(), RootID: e.GetRootId(), Umask: e.GetUmask()}, nil
+}
+
+// StripSharing returns a copy of a mountpoints image in which no mount has a
+// peer group or a master: shared_id and master_id are dropped and the
+// MS_SHARED and MS_SLAVE bits cleared. CRIU then restores an all-private tree.
+// Records that carry no sharing keep their original bytes.
+func (img *Image) StripSharing() (*Image, int, error) {
+	out := &Image{File: img.File, Type: img.Type, Records: make([][]byte, len(img.Records))}
+	changed := 0
+	for i, rec := range img.Records {
+		var e mnt.MntEntry
+		if err := decodeRecord(img, i, &e); err != nil {
+			return nil, 0, err
+		}
+		if e.GetSharedId() == 0 && e.GetMasterId() == 0 && e.GetFlags()&(msShared|msSlave) == 0 {
+			out.Records[i] = rec
+			continue
+		}
+		// Keep the fields present, as CRIU writes them, but zero.
+		if e.SharedId != nil {
+			e.SharedId = proto.Uint32(0)
+		}
+		if e.MasterId != nil {
+			e.MasterId = proto.Uint32(0)
+		}
+		e.Flags = proto.Uint32(e.GetFlags() &^ (msShared | msSlave))
+		b, err := marshal.Marshal(&e)
+		if err != nil {
+			return nil, 0, fmt.Errorf("encode %s record %d: %w", img.File, i, err)
+		}
+		out.Records[i] = b
+		changed++
+	}
+	return out, changed, nil
+}
+
+// MS_SHARED and MS_SLAVE from <linux/mount.h>; kept here so this file has no
+// platform dependency.
+const (
+	msSlave  = 1 << 19
+	msShared = 1 << 20
+)
+
+// File names of images.
+func MountpointsFile(nsID uint32) string { return fmt.Sprintf("mountpoints-%d.img", nsID) }
+func IDsFile(pid uint32) string          { return fmt.Sprintf("ids-%d.img", pid) }
+func FSFile(pid uint32) string           { return fmt.Sprintf("fs-%d.img", pid) }
+func TmpfsFile(dev uint32) string        { return fmt.Sprintf("tmpfs-dev-%d.tar.gz.img", dev) }
