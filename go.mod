@@ -7,3 +7,5 @@ require (
 	golang.org/x/sys v0.50.0
 	google.golang.org/protobuf v1.36.12
 )
+
+require github.com/moby/sys/mountinfo v0.7.3 // indirect

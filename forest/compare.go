@@ -1,0 +1,236 @@
+package forest
+
+import (
+	"fmt"
+)
+
+// Difference is one way in which a found forest differs from the expected.
+type Difference struct {
+	NS         uint32
+	Mountpoint string // the mount, as Mount.Describe gives it
+	What       string // "missing mount", "root path", "peer group", ...
+	Expected   string
+	Found      string
+}
+
+func (d Difference) String() string {
+	return fmt.Sprintf("mount namespace %d, %s: %s: expected %s, found %s", d.NS, d.Mountpoint, d.What, d.Expected, d.Found)
+}
+
+// Compare reports how found differs from expected. The two are identical
+// when they are the same trees by mountpoint (including the stacking order
+// of overmounts) with the same root path, filesystem type, source, per-mount
+// flags and unbindable state, and when mount ids, device numbers and peer
+// group numbers can be renamed, one to one, to turn one into the other. The
+// root mount of each namespace is compared by mountpoint only. For an
+// external mount the filesystem type and source are the host's, so they are
+// not compared. Namespaces are paired by id.
+func Compare(expected, found *Forest) []Difference {
+	c := &comparison{
+		devs:     newBijection(),
+		groups:   newBijection(),
+		expNames: groupNames(expected),
+		fndNames: groupNames(found),
+	}
+	for _, ens := range expected.Namespaces {
+		fns := found.Namespace(ens.ID)
+		if fns == nil {
+			c.add(ens.ID, "/", "namespace", "present", "no such namespace")
+			continue
+		}
+		c.namespace(ens, fns)
+	}
+	for _, fns := range found.Namespaces {
+		if expected.Namespace(fns.ID) == nil {
+			c.add(fns.ID, "/", "namespace", "no such namespace", "present")
+		}
+	}
+	return c.diffs
+}
+
+type comparison struct {
+	diffs              []Difference
+	devs, groups       *bijection
+	expNames, fndNames map[uint32]*Mount
+}
+
+func (c *comparison) add(ns uint32, where, what, exp, fnd string) {
+	c.diffs = append(c.diffs, Difference{NS: ns, Mountpoint: where, What: what, Expected: exp, Found: fnd})
+}
+
+// addAt reports a difference at mount m. Describe walks the stack below m,
+// so it runs only when there is something to report.
+func (c *comparison) addAt(m *Mount, what, exp, fnd string) {
+	c.add(m.NS.ID, m.Describe(), what, exp, fnd)
+}
+
+func (c *comparison) namespace(ens, fns *Namespace) {
+	type pair struct{ e, f *Mount }
+	queue := []pair{{ens.Root, fns.Root}}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		if !p.e.IsRoot() {
+			c.mount(p.e, p.f)
+		}
+		fch := make(map[string]*Mount, len(p.f.Children))
+		for _, ch := range p.f.Children {
+			fch[ch.Mountpoint] = ch
+		}
+		for _, ech := range p.e.Children {
+			if fc, ok := fch[ech.Mountpoint]; ok {
+				queue = append(queue, pair{ech, fc})
+				delete(fch, ech.Mountpoint)
+				continue
+			}
+			c.addAt(ech, "missing mount", describeMount(ech), "nothing mounted there")
+		}
+		for _, fc := range p.f.Children {
+			if _, extra := fch[fc.Mountpoint]; extra {
+				c.addAt(fc, "unexpected mount", "nothing mounted there", describeMount(fc))
+			}
+		}
+	}
+}
+
+func describeMount(m *Mount) string {
+	fs := m.FSType
+	if fs == "" {
+		fs = "external"
+	}
+	return fmt.Sprintf("%s %s root %s", fs, m.Source, m.Root)
+}
+
+// mount compares a matched pair of non-root mounts.
+func (c *comparison) mount(e, f *Mount) {
+	if e.Root != f.Root {
+		c.addAt(e, "root path", e.Root, f.Root)
+	}
+	if e.External == "" {
+		if e.FSType != f.FSType {
+			c.addAt(e, "filesystem type", e.FSType, f.FSType)
+		}
+		if e.Source != f.Source {
+			c.addAt(e, "source", e.Source, f.Source)
+		}
+	}
+	if e.Flags != f.Flags {
+		c.addAt(e, "flags", e.Flags.String(), f.Flags.String())
+	}
+	if e.Unbindable != f.Unbindable {
+		c.addAt(e, "unbindable", yesNo(e.Unbindable), yesNo(f.Unbindable))
+	}
+	if e.Deleted != f.Deleted {
+		c.addAt(e, "deleted root", yesNo(e.Deleted), yesNo(f.Deleted))
+	}
+	c.superblock(e, f)
+	c.sharing(e, f, "peer group", e.PeerGroup, f.PeerGroup, "shared")
+	c.sharing(e, f, "master", e.Master, f.Master, "master")
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func (c *comparison) superblock(e, f *Mount) {
+	switch other := c.devs.link(e.Dev, f.Dev, e, f); {
+	case other == nil:
+	case other.fwd:
+		c.addAt(e, "superblock",
+			"the superblock of "+other.e.Describe(), "a different superblock from "+other.f.Describe())
+	default:
+		c.addAt(e, "superblock",
+			"a superblock of its own, not that of "+other.e.Describe(), "the superblock of "+other.f.Describe())
+	}
+}
+
+func (c *comparison) sharing(e, f *Mount, what string, eid, fid uint32, tag string) {
+	if eid == 0 && fid == 0 {
+		return
+	}
+	if eid == 0 || fid == 0 {
+		c.addAt(e, what, c.group(tag, eid, c.expNames), c.group(tag, fid, c.fndNames))
+		return
+	}
+	if other := c.groups.link(eid, fid, e, f); other != nil {
+		c.addAt(e, what, c.group(tag, eid, c.expNames), c.group(tag, fid, c.fndNames))
+	}
+}
+
+// group describes a peer group id: "shared:3 (the peer group of /tmp/p)".
+func (c *comparison) group(tag string, id uint32, names map[uint32]*Mount) string {
+	if id == 0 {
+		if tag == "shared" {
+			return "no peer group"
+		}
+		return "no master"
+	}
+	s := fmt.Sprintf("%s:%d", tag, id)
+	if m := names[id]; m != nil {
+		s += fmt.Sprintf(" (the peer group of %s in namespace %d)", m.Describe(), m.NS.ID)
+	} else if tag == "master" {
+		s += " (a peer group outside these namespaces)"
+	}
+	return s
+}
+
+// groupNames maps each peer group to its first member, for messages.
+func groupNames(f *Forest) map[uint32]*Mount {
+	names := map[uint32]*Mount{}
+	for _, g := range f.Groups() {
+		if len(g.Members) > 0 {
+			names[g.ID] = g.Members[0]
+		}
+	}
+	return names
+}
+
+// bijection renames ids of the expected forest to ids of the found one and
+// refuses a renaming that is not one to one.
+type bijection struct {
+	fwd, rev map[uint32]uint32
+	byE, byF map[uint32]conflict // the pair that first linked an expected / found id
+}
+
+// conflict is the earlier pair that contradicts a new link.
+type conflict struct {
+	fwd  bool // the expected id was already renamed to another found id
+	e, f *Mount
+}
+
+func newBijection() *bijection {
+	return &bijection{fwd: map[uint32]uint32{}, rev: map[uint32]uint32{},
+		byE: map[uint32]conflict{}, byF: map[uint32]conflict{}}
+}
+
+// link records that expected id a is found as b (for the pair e, f), or
+// returns the earlier pair that contradicts it.
+func (bj *bijection) link(a, b uint32, e, f *Mount) *conflict {
+	if got, ok := bj.fwd[a]; ok {
+		if got == b {
+			return nil
+		}
+		c := bj.byE[a]
+		c.fwd = true
+		return &c
+	}
+	if _, ok := bj.rev[b]; ok {
+		c := bj.byF[b]
+		return &c
+	}
+	bj.fwd[a], bj.rev[b] = b, a
+	bj.byE[a], bj.byF[b] = conflict{e: e, f: f}, conflict{e: e, f: f}
+	return nil
+}
+
+// Summary is "identical: N namespaces, M mounts" for identical forests, or
+// the count of differences.
+func Summary(f *Forest, diffs []Difference) string {
+	if len(diffs) == 0 {
+		return fmt.Sprintf("identical: %d namespaces, %d mounts", len(f.Namespaces), f.Len())
+	}
+	return fmt.Sprintf("%d differences", len(diffs))
+}

@@ -1,0 +1,125 @@
+package forest
+
+import (
+	"fmt"
+
+	"github.com/mntv2/mntv2/images"
+)
+
+// CRIU's fstype enum (images/mnt.proto) by value.
+var criuFSTypes = map[uint32]string{
+	1: "proc", 2: "sysfs", 3: "devtmpfs", 4: "binfmt_misc", 5: "tmpfs", 6: "devpts",
+	7: "simfs", 8: "pstore", 9: "securityfs", 10: "fusectl", 11: "debugfs", 12: "cgroup",
+	13: "aufs", 14: "mqueue", 15: "fuse", 17: "overlay", 18: "autofs", 19: "tracefs",
+	23: "cgroup2",
+}
+
+// CRIU fstype codes with a special meaning.
+const (
+	criuFSUnsupported = 0
+	criuFSFuse        = 15
+	criuFSAuto        = 16 // the real name is in fsname
+)
+
+// FSTypeName gives the kernel's filesystem type name for a CRIU fstype code
+// and fsname, or "" when CRIU does not define the code.
+func FSTypeName(code uint32, fsname string) string {
+	switch code {
+	case criuFSAuto:
+		return fsname
+	case criuFSFuse:
+		if fsname != "" {
+			return fsname
+		}
+	}
+	return criuFSTypes[code]
+}
+
+// FSTypeCode gives CRIU's fstype code for a filesystem type name: the enum
+// value, or AUTO for a name CRIU has no code for.
+func FSTypeCode(name string) uint32 {
+	for code, n := range criuFSTypes {
+		if n == name {
+			return code
+		}
+	}
+	return criuFSAuto
+}
+
+// FromImageMount converts one image entry.
+func FromImageMount(e *images.Mount) Mount {
+	m := Mount{
+		ID: e.MntID, ParentID: e.ParentMntID,
+		Mountpoint: e.Mountpoint, Root: e.Root,
+		FSType: FSTypeName(e.FSType, e.FSName), FSCode: e.FSType,
+		Source: e.Source, Options: e.Options,
+		Flags: Flags(e.Flags) & PerMountMask, Dev: e.RootDev,
+		PeerGroup: e.SharedID, Master: e.MasterID,
+		Unbindable: e.Flags&MSUnbindable != 0,
+		External:   e.ExtKey, Deleted: e.Deleted,
+	}
+	if m.External == "" && e.ExtMount {
+		m.External = "(external)"
+	}
+	return m
+}
+
+// FromImages builds the forest of every mountpoints-*.img in d.
+func FromImages(d *images.Dir) (*Forest, error) {
+	ids, err := d.MountNamespaces()
+	if err != nil {
+		return nil, err
+	}
+	if len(ids) == 0 {
+		return nil, fmt.Errorf("images %s: no mountpoints-*.img", d.Path())
+	}
+	input := make([]NamespaceMounts, 0, len(ids))
+	for _, id := range ids {
+		entries, err := d.Mounts(id)
+		if err != nil {
+			return nil, err
+		}
+		in := NamespaceMounts{ID: id, Mounts: make([]Mount, len(entries))}
+		for i := range entries {
+			in.Mounts[i] = FromImageMount(&entries[i])
+		}
+		input = append(input, in)
+	}
+	f, err := Build(input)
+	if err != nil {
+		return nil, fmt.Errorf("images %s: %w", d.Path(), err)
+	}
+	return f, nil
+}
+
+// ToImageMount converts a mount back to an image entry, as CRIU would write
+// it: flags carry the propagation bits.
+func ToImageMount(m *Mount) images.Mount {
+	flags := uint32(m.Flags)
+	// CRIU sets MS_SHARED, MS_SLAVE and MS_UNBINDABLE as they apply and
+	// leaves a private mount with none of them.
+	if m.PeerGroup != 0 {
+		flags |= MSShared
+	}
+	if m.Master != 0 {
+		flags |= MSSlave
+	}
+	if m.Unbindable {
+		flags |= MSUnbindable
+	}
+	e := images.Mount{
+		FSType: m.FSCode, MntID: m.ID, RootDev: m.Dev, ParentMntID: m.ParentID, Flags: flags,
+		Root: m.Root, Mountpoint: m.Mountpoint, Source: m.Source, Options: m.Options,
+		SharedID: m.PeerGroup, MasterID: m.Master, Deleted: m.Deleted,
+	}
+	if e.FSType == 0 && m.FSType != "" {
+		e.FSType = FSTypeCode(m.FSType)
+	}
+	if e.FSType == criuFSAuto {
+		e.FSName = m.FSType
+	}
+	if m.External != "" {
+		e.ExtKey = m.External
+	}
+	return e
+}

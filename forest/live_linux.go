@@ -1,0 +1,71 @@
+package forest
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// ReadMountinfoFile reads a saved mountinfo file as namespace nsID.
+func ReadMountinfoFile(path string, nsID uint32) (NamespaceMounts, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return NamespaceMounts{}, err
+	}
+	defer f.Close()
+	nm, err := FromMountinfo(f, nsID)
+	if err != nil {
+		return NamespaceMounts{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return nm, nil
+}
+
+// ReadPID reads the mount namespace of a process, as namespace nsID. Only
+// the mounts visible from the process's root are listed.
+func ReadPID(pid int, nsID uint32) (NamespaceMounts, error) {
+	return ReadMountinfoFile("/proc/"+strconv.Itoa(pid)+"/mountinfo", nsID)
+}
+
+// ReadNamespaceFile reads the whole mount namespace that nsPath (a
+// /proc/PID/ns/mnt or an nsfs bind of one) refers to, as namespace nsID.
+// It enters the namespace on a locked OS thread that is thrown away after.
+func ReadNamespaceFile(nsPath string, nsID uint32) (NamespaceMounts, error) {
+	fd, err := unix.Open(nsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return NamespaceMounts{}, &os.PathError{Op: "open", Path: nsPath, Err: err}
+	}
+	defer unix.Close(fd)
+	var nm NamespaceMounts
+	err = InNamespace(fd, func() error {
+		var err error
+		nm, err = ReadMountinfoFile("/proc/thread-self/mountinfo", nsID)
+		return err
+	})
+	if err != nil {
+		return NamespaceMounts{}, fmt.Errorf("mount namespace %s: %w", nsPath, err)
+	}
+	return nm, nil
+}
+
+// InNamespace runs fn on a new OS thread that has entered the mount
+// namespace nsFD (with its root and cwd at the namespace's root). The thread
+// never returns to the Go scheduler's pool: it exits with the goroutine.
+func InNamespace(nsFD int, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		if err := unix.Unshare(unix.CLONE_FS); err != nil {
+			errc <- fmt.Errorf("unshare(CLONE_FS): %w", err)
+			return
+		}
+		if err := unix.Setns(nsFD, unix.CLONE_NEWNS); err != nil {
+			errc <- fmt.Errorf("setns(CLONE_NEWNS): %w", err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
