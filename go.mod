@@ -8,4 +8,9 @@ require (
 	google.golang.org/protobuf v1.36.12
 )
 
-require github.com/moby/sys/mountinfo v0.7.3 // indirect
+require (
+	github.com/inconshreveable/mousetrap v1.1.0 // indirect
+	github.com/moby/sys/mountinfo v0.7.3 // indirect
+	github.com/spf13/cobra v1.10.2 // indirect
+	github.com/spf13/pflag v1.0.9 // indirect
+)

@@ -123,9 +123,11 @@ func linkNamespace(ns *Namespace, p *problems) {
 		return
 	}
 	var roots []*Mount
+	badPaths := false
 	for _, m := range ns.Mounts {
 		if err := checkPaths(m); err != "" {
 			p.add(&ValidationError{Problem: BadPath, NS: ns.ID, MountID: m.ID, Mountpoint: m.Mountpoint, Detail: err})
+			badPaths = true
 			continue
 		}
 		if m.FSType == "" && m.External == "" {
@@ -171,18 +173,21 @@ func linkNamespace(ns *Namespace, p *problems) {
 			return
 		}
 	}
-	if len(roots) > 1 {
+	if len(roots) > 1 || badPaths {
 		return
 	}
 	ns.Root = roots[0]
-	reached := 0
+	reached := make(map[*Mount]bool, len(ns.Mounts))
 	for _, m := range ns.Mounts {
 		slices.SortStableFunc(m.Children, func(a, b *Mount) int { return strings.Compare(a.Mountpoint, b.Mountpoint) })
 	}
 	_ = ns.Walk(func(m *Mount) error {
-		reached++
+		reached[m] = true
 		if m.Parent == nil {
 			return nil
+		}
+		if m.Mountpoint == m.Parent.Mountpoint {
+			m.stack = m.Parent.stack + 1
 		}
 		if !under(m.Mountpoint, m.Parent.Mountpoint) {
 			p.add(&ValidationError{Problem: OutsideParent, NS: ns.ID, MountID: m.ID, Mountpoint: m.Mountpoint,
@@ -190,11 +195,14 @@ func linkNamespace(ns *Namespace, p *problems) {
 		}
 		return nil
 	})
-	if reached != len(ns.Mounts) {
+	if len(reached) != len(ns.Mounts) {
+		// Every mount has its parent in the namespace, so one the walk
+		// from the root missed sits on or under a cycle: name one on it.
 		for _, m := range ns.Mounts {
-			if m != ns.Root && !reaches(m, ns.Root, len(ns.Mounts)) {
+			if !reached[m] {
+				m = onCycle(m)
 				p.add(&ValidationError{Problem: ParentCycle, NS: ns.ID, MountID: m.ID, Mountpoint: m.Mountpoint,
-					Detail: "its chain of parents never reaches the root mount"})
+					Detail: fmt.Sprintf("its chain of parents comes back to it (parent %d) and never reaches the root mount", m.ParentID)})
 				break
 			}
 		}
@@ -210,14 +218,15 @@ func linkNamespace(ns *Namespace, p *problems) {
 	}
 }
 
-func reaches(m, root *Mount, limit int) bool {
-	for i := 0; m != nil && i <= limit; i++ {
-		if m == root {
-			return true
-		}
+// onCycle follows parents from m, which never reaches the root, until a
+// mount comes round again: that mount is on the cycle.
+func onCycle(m *Mount) *Mount {
+	seen := map[*Mount]bool{}
+	for !seen[m] {
+		seen[m] = true
 		m = m.Parent
 	}
-	return false
+	return m
 }
 
 // maxPath is PATH_MAX.

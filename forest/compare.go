@@ -58,8 +58,7 @@ func (c *comparison) add(ns uint32, where, what, exp, fnd string) {
 	c.diffs = append(c.diffs, Difference{NS: ns, Mountpoint: where, What: what, Expected: exp, Found: fnd})
 }
 
-// addAt reports a difference at mount m. Describe walks the stack below m,
-// so it runs only when there is something to report.
+// addAt reports a difference at mount m.
 func (c *comparison) addAt(m *Mount, what, exp, fnd string) {
 	c.add(m.NS.ID, m.Describe(), what, exp, fnd)
 }

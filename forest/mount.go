@@ -102,6 +102,7 @@ type Mount struct {
 	Parent   *Mount   // nil for a namespace's root
 	Children []*Mount // ordered by mountpoint; see Namespace.Walk
 	NS       *Namespace
+	stack    int // set by Build: see StackLevel
 }
 
 // IsRoot says whether m is its namespace's root mount.
@@ -120,13 +121,7 @@ func (m *Mount) Overmount() *Mount {
 
 // StackLevel is 0 for a mount that sits on its parent's directory and n for
 // the n-th mount stacked on the same mountpoint.
-func (m *Mount) StackLevel() int {
-	n := 0
-	for p := m; p.Parent != nil && p.Parent.Mountpoint == p.Mountpoint; p = p.Parent {
-		n++
-	}
-	return n
-}
+func (m *Mount) StackLevel() int { return m.stack }
 
 // Describe names a mount for messages: "/tmp/s" or "/tmp/s (stacked 2)".
 func (m *Mount) Describe() string {

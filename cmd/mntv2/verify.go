@@ -1,0 +1,115 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+
+	"github.com/mntv2/mntv2/forest"
+	"github.com/spf13/cobra"
+)
+
+func newVerifyCommand() *cobra.Command {
+	var (
+		dir, mountinfo, pinDir string
+		pid                    int
+		mntns                  uint32
+	)
+	cmd := &cobra.Command{
+		Use:   "verify --images DIR (--pid PID | --mountinfo FILE | --pin-dir DIR) [--mntns ID]",
+		Short: "Check a live or captured mount tree against CRIU images",
+		Long: `verify compares mount namespaces with the ones CRIU images describe, up to a
+renaming of mount ids, device numbers and peer group numbers: same trees by
+mountpoint (stacking order included), root paths, filesystem types, sources,
+per-mount flags, shared superblocks, peer groups, masters and unbindable.
+
+The tree to check comes from one of:
+  --pid PID         /proc/PID/mountinfo (the mounts visible from PID's root)
+  --mountinfo FILE  a saved mountinfo file
+  --pin-dir DIR     every namespace pinned by 'mntv2 restore' as DIR/mntns-<ID>
+--mntns names the image namespace to compare with; it may be left out when the
+images hold one namespace, and with --pin-dir.
+
+Exit status: 0 identical, 1 differences (listed on stdout), 2 usage or input error.`,
+		Example: `  mntv2 verify --images testdata/criu-4.2/01-seed-reverse-order/images \
+      --mountinfo testdata/criu-4.2/01-seed-reverse-order/mountinfo/mntns-10.mountinfo --mntns 10
+  mntv2 verify --images DIR --pin-dir /run/ct1/mnt
+  mntv2 verify --images DIR --pid 4242 --mntns 10`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			sources := 0
+			for _, set := range []bool{pid != 0, mountinfo != "", pinDir != ""} {
+				if set {
+					sources++
+				}
+			}
+			if sources != 1 {
+				return inputError(errors.New("give exactly one of --pid, --mountinfo, --pin-dir"))
+			}
+			expected, err := loadImages(dir)
+			if err != nil {
+				return err
+			}
+			mntnsSet := cmd.Flags().Changed("mntns")
+			if mntnsSet && expected.Namespace(mntns) == nil {
+				return inputError(fmt.Errorf("--mntns %d: the images have no mountpoints-%d.img", mntns, mntns))
+			}
+			var found []forest.NamespaceMounts
+			if pinDir != "" {
+				ids := []uint32{}
+				for _, ns := range expected.Namespaces {
+					if !mntnsSet || ns.ID == mntns {
+						ids = append(ids, ns.ID)
+					}
+				}
+				expected = expected.Only(ids...)
+				for _, id := range ids {
+					nm, err := forest.ReadNamespaceFile(filepath.Join(pinDir, fmt.Sprintf("mntns-%d", id)), id)
+					if err != nil {
+						return inputError(err)
+					}
+					found = append(found, nm)
+				}
+			} else {
+				if !mntnsSet {
+					if len(expected.Namespaces) != 1 {
+						return inputError(fmt.Errorf("the images hold %d mount namespaces: name one with --mntns", len(expected.Namespaces)))
+					}
+					mntns = expected.Namespaces[0].ID
+				}
+				expected = expected.Only(mntns)
+				var nm forest.NamespaceMounts
+				if pid != 0 {
+					nm, err = forest.ReadPID(pid, mntns)
+				} else {
+					nm, err = forest.ReadMountinfoFile(mountinfo, mntns)
+				}
+				if err != nil {
+					return inputError(err)
+				}
+				found = append(found, nm)
+			}
+			live, err := forest.Build(found)
+			if err != nil {
+				return inputError(fmt.Errorf("the tree to check: %w", err))
+			}
+			diffs := forest.Compare(expected, live)
+			out := cmd.OutOrStdout()
+			for _, d := range diffs {
+				fmt.Fprintln(out, d)
+			}
+			fmt.Fprintln(out, forest.Summary(expected, diffs))
+			if len(diffs) > 0 {
+				return &exitError{code: exitDiffers, err: errors.New("")}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "images", "", "CRIU images directory (required)")
+	cmd.Flags().IntVar(&pid, "pid", 0, "check /proc/PID/mountinfo")
+	cmd.Flags().StringVar(&mountinfo, "mountinfo", "", "check a saved mountinfo file")
+	cmd.Flags().StringVar(&pinDir, "pin-dir", "", "check the namespaces pinned in DIR by mntv2 restore")
+	cmd.Flags().Uint32Var(&mntns, "mntns", 0, "image mount namespace id to compare with")
+	_ = cmd.MarkFlagRequired("images")
+	return cmd
+}
