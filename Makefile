@@ -1,0 +1,49 @@
+# mntv2: `make test` is the one test command (unit and privileged tests).
+GO        ?= go
+BIN       := bin/mntv2
+CRIU      ?= criu
+FUZZTIME  ?= 1m
+PKGS      := ./...
+
+.PHONY: all build test lint vet fmt-check staticcheck e2e bench fuzz demo clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/mntv2
+
+# Unit tests and privileged tests. Privileged tests re-run themselves in a
+# new private mount namespace; as non-root they skip with a message, in CI
+# (CI=true) they fail instead.
+test: build
+	$(GO) test -count=1 $(PKGS)
+
+lint: vet fmt-check staticcheck
+
+vet:
+	$(GO) vet $(PKGS)
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
+
+staticcheck:
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.7.0 $(PKGS)
+
+# End-to-end runs with a real CRIU: CRIU=/path/to/criu make e2e
+e2e: build
+	CRIU=$(CRIU) hack/e2e-criu.sh
+
+bench: build
+	hack/bench.sh
+
+# Every fuzz target for FUZZTIME each.
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./images
+	$(GO) test -run '^$$' -fuzz '^FuzzBuildFromImage$$' -fuzztime $(FUZZTIME) ./forest
+	$(GO) test -run '^$$' -fuzz '^FuzzMountinfo$$' -fuzztime $(FUZZTIME) ./forest
+
+demo: build
+	hack/demo.sh
+
+clean:
+	rm -rf bin

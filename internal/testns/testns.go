@@ -1,0 +1,82 @@
+// Package testns runs a privileged test in its own private mount namespace.
+//
+// Isolate re-executes the test binary for just the calling test, in a new
+// mount namespace whose mounts are all made private (exec.Cmd's
+// Unshareflags: CLONE_NEWNS does both). Every thread of that child process,
+// the Go runtime's included, is in the new namespace, so nothing a test
+// mounts can reach the host's mounts, and the namespace dies with the child.
+//
+// As non-root the test is skipped with a message, except under CI (CI set
+// to anything), where a privileged test that cannot run fails.
+package testns
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+const envName = "MNTV2_TESTNS"
+
+// Isolate returns true when the caller is running inside its own private
+// mount namespace and should go on with the test body. It returns false in
+// the parent, after the child has run the test and its result was reported.
+func Isolate(t *testing.T) bool {
+	t.Helper()
+	if os.Getenv(envName) == t.Name() {
+		return true
+	}
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s is a privileged test and CI runs as root, but this process is uid %d", t.Name(), os.Geteuid())
+		}
+		t.Skipf("%s needs root (mount namespaces): skipped for this non-root run; CI runs it as root", t.Name())
+	}
+	args := []string{"-test.run", runPattern(t.Name()), "-test.count=1", "-test.v"}
+	if testing.Short() {
+		args = append(args, "-test.short")
+	}
+	args = append(args, extraArgs()...)
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), envName+"="+t.Name())
+	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS, Pdeathsig: syscall.SIGKILL}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	text := out.String()
+	if err != nil {
+		t.Fatalf("in its own mount namespace, %s failed (%v):\n%s", t.Name(), err, text)
+	}
+	if !strings.Contains(text, "--- PASS: "+t.Name()) {
+		t.Fatalf("in its own mount namespace, %s did not pass:\n%s", t.Name(), text)
+	}
+	if testing.Verbose() {
+		t.Log(text)
+	}
+	return false
+}
+
+// runPattern matches exactly the test (and subtest) named.
+func runPattern(name string) string {
+	parts := strings.Split(name, "/")
+	for i, p := range parts {
+		parts[i] = "^" + regexp.QuoteMeta(p) + "$"
+	}
+	return strings.Join(parts, "/")
+}
+
+// extraArgs passes on the test flags that tests of this project define
+// (-seed, -forests, ...), given as -flag=value on the command line.
+func extraArgs() []string {
+	var out []string
+	for _, a := range os.Args[1:] {
+		if strings.HasPrefix(a, "-") && !strings.HasPrefix(a, "-test.") && strings.Contains(a, "=") {
+			out = append(out, a)
+		}
+	}
+	return out
+}
