@@ -41,9 +41,9 @@ type Task struct {
 
 // TaskIDs are the namespace ids of a task (TaskKobjIdsEntry); zero when absent.
 type TaskIDs struct {
-	VMID, FilesID, FSID, SighandID                       uint32
+	VMID, FilesID, FSID, SighandID                      uint32
 	PidNS, NetNS, IpcNS, UtsNS, MntNS, UserNS, CgroupNS uint32
-	TimeNS                                               uint32
+	TimeNS                                              uint32
 }
 
 // InventoryInfo is the part of the InventoryEntry mntv2 uses.
