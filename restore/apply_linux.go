@@ -1,0 +1,649 @@
+package restore
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+	"unsafe"
+
+	"github.com/mntv2/mntv2/forest"
+	"github.com/mntv2/mntv2/images"
+	"golang.org/x/sys/unix"
+)
+
+// Options say where and how a plan is applied.
+type Options struct {
+	// Root is the directory every namespace's root mount is a bind of.
+	Root string
+	// PinDir receives mntns-<ID>: an nsfs bind that keeps each restored
+	// namespace alive.
+	PinDir string
+	// Images is the images directory the plan was made from; tmpfs content
+	// is read from it.
+	Images *images.Dir
+	// TmpfsLimit caps the bytes extracted into a tmpfs that has no size=
+	// option (default 1 GiB).
+	TmpfsLimit int64
+	// Log receives a line per phase (default: slog.Default()).
+	Log *slog.Logger
+
+	// FailSyscall makes the N-th mount syscall (counting from 1) fail with
+	// ErrInjected: for fault-injection tests only.
+	FailSyscall int
+}
+
+// Result says what a restore made.
+type Result struct {
+	Namespaces []NamespaceResult `json:"namespaces"`
+	Helpers    int               `json:"helpers"`
+	Phases     []PhaseTime       `json:"phases"`
+	Syscalls   int               `json:"syscalls"`
+}
+
+// NamespaceResult is one restored namespace.
+type NamespaceResult struct {
+	ID  uint32 `json:"id"`
+	Pin string `json:"pin"`
+	// Mounts maps image mount ids to the new mount ids.
+	Mounts map[uint32]uint64 `json:"mounts"`
+}
+
+// PhaseTime is the time one phase of the restore took.
+type PhaseTime struct {
+	Phase   string  `json:"phase"`
+	Steps   int     `json:"steps"`
+	Seconds float64 `json:"seconds"`
+}
+
+// Phase names the part of a restore a step belongs to.
+func (p *Plan) Phase(s Step) string {
+	switch s.Op {
+	case OpCreateNamespace, OpNewSuperblock, OpFillTmpfs, OpOpenExternal:
+		return "create"
+	case OpBind:
+		if p.Handles[s.Handle].Helper {
+			return "sharing"
+		}
+		return "create"
+	case OpAttach:
+		return "assemble"
+	case OpSetGroup, OpMakeSlave, OpMakeShared:
+		return "sharing"
+	case OpMakeUnbindable, OpSetFlags:
+		return "flags"
+	}
+	return "finish"
+}
+
+// PinName is the pin file of namespace id in a pin dir.
+func PinName(id uint32) string { return "mntns-" + strconv.FormatUint(uint64(id), 10) }
+
+// applier holds the state of one Apply: an fd per handle, a worker per
+// namespace, and what must be undone on failure.
+type applier struct {
+	plan     *Plan
+	opt      Options
+	fds      []int
+	workers  map[uint32]*worker
+	nsFds    map[uint32]int
+	baseNS   int
+	pinDir   int
+	created  []created // persistent mountpoints made, in order
+	attached map[uint32][]Handle
+	pins     []string
+	calls    int
+}
+
+// Apply restores plan. It runs on the calling goroutine's thread (locked for
+// the duration), whose mount namespace holds the pins. On failure nothing is
+// left: no mounts, pins, created mountpoints, fds or threads; the error is a
+// *StepError naming the step, the mount, the syscall and the errno.
+func Apply(plan *Plan, opt Options) (res *Result, err error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if opt.Log == nil {
+		opt.Log = slog.Default()
+	}
+	if opt.TmpfsLimit == 0 {
+		opt.TmpfsLimit = 1 << 30
+	}
+	a := &applier{plan: plan, opt: opt, fds: make([]int, len(plan.Handles)),
+		workers: map[uint32]*worker{}, nsFds: map[uint32]int{}, attached: map[uint32][]Handle{},
+		baseNS: -1, pinDir: -1}
+	for i := range a.fds {
+		a.fds[i] = -1
+	}
+	defer func() {
+		if err != nil {
+			a.rollback()
+		}
+		a.release()
+	}()
+	if err := a.prepare(); err != nil {
+		return nil, err
+	}
+	res = &Result{Helpers: plan.Helpers}
+	// Steps run in batches: a run of consecutive steps on the same thread
+	// (this one, or a namespace's worker) is handed over once.
+	for i := 0; i < len(plan.Steps); {
+		j := i
+		where := a.executor(plan.Steps[i])
+		for j < len(plan.Steps) && a.executor(plan.Steps[j]) == where {
+			j++
+		}
+		if err := a.runBatch(where, i, j, res); err != nil {
+			return nil, err
+		}
+		i = j
+	}
+	res.Syscalls = a.calls
+	for _, id := range plan.Namespaces {
+		nr := NamespaceResult{ID: id, Pin: filepath.Join(opt.PinDir, PinName(id)), Mounts: map[uint32]uint64{}}
+		for h, info := range plan.Handles {
+			if info.NS == id && info.Mount != 0 && a.fds[h] >= 0 {
+				var stx unix.Statx_t
+				if unix.Statx(a.fds[h], "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &stx) == nil {
+					nr.Mounts[info.Mount] = stx.Mnt_id
+				}
+			}
+		}
+		res.Namespaces = append(res.Namespaces, nr)
+	}
+	return res, nil
+}
+
+// prepare opens the base namespace and the pin dir and starts the workers.
+func (a *applier) prepare() error {
+	fail := func(what string, err error) error {
+		return &StepError{Index: -1, Step: step("prepare"), What: what, Err: err}
+	}
+	fd, err := unix.Open("/proc/thread-self/ns/mnt", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fail("this mount namespace", sysErr("open", err))
+	}
+	a.baseNS = fd
+	if a.plan.Len() > 0 {
+		if err := os.MkdirAll(a.opt.PinDir, 0o700); err != nil {
+			return fail("pin dir "+a.opt.PinDir, err)
+		}
+		pd, err := unix.Open(a.opt.PinDir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fail("pin dir "+a.opt.PinDir, sysErr("open", err))
+		}
+		a.pinDir = pd
+	}
+	for _, id := range a.plan.Namespaces {
+		w, err := startWorker(id, a.baseNS)
+		if err != nil {
+			return fail(fmt.Sprintf("namespace %d", id), err)
+		}
+		a.workers[id] = w
+	}
+	return nil
+}
+
+// Len is the number of namespaces a plan restores.
+func (p *Plan) Len() int { return len(p.Namespaces) }
+
+// executor is the namespace whose worker runs a step, 0 for this thread.
+// Attaching and mount_setattr work only inside the namespace; so does
+// cloning a mount of it (a bind of the restore root). Everything else works
+// by fd from here: new superblocks, clones of detached or host mounts,
+// MOVE_MOUNT_SET_GROUP and propagation changes.
+func (a *applier) executor(s Step) uint32 {
+	switch s.Op {
+	case OpCreateNamespace, OpAttach, OpSetFlags:
+		return s.NS
+	case OpBind:
+		if info := a.plan.Handles[s.From]; info.Root {
+			return info.NS
+		}
+	}
+	return 0
+}
+
+func (a *applier) runBatch(where uint32, from, to int, res *Result) error {
+	run := func() error {
+		for i := from; i < to; i++ {
+			start := time.Now()
+			if err := a.do(a.plan.Steps[i]); err != nil {
+				return a.stepError(i, err)
+			}
+			res.addTime(a.plan.Phase(a.plan.Steps[i]), time.Since(start))
+		}
+		return nil
+	}
+	if where == 0 {
+		return run()
+	}
+	return a.workers[where].run(run)
+}
+
+func (r *Result) addTime(phase string, d time.Duration) {
+	if n := len(r.Phases); n > 0 && r.Phases[n-1].Phase == phase {
+		r.Phases[n-1].Steps++
+		r.Phases[n-1].Seconds += d.Seconds()
+		return
+	}
+	for i := range r.Phases {
+		if r.Phases[i].Phase == phase {
+			r.Phases[i].Steps++
+			r.Phases[i].Seconds += d.Seconds()
+			return
+		}
+	}
+	r.Phases = append(r.Phases, PhaseTime{Phase: phase, Steps: 1, Seconds: d.Seconds()})
+}
+
+func (a *applier) stepError(i int, err error) error {
+	s := a.plan.Steps[i]
+	se := &StepError{Index: i, Step: s, Err: err}
+	var sys *sysError
+	if errors.As(err, &sys) {
+		se.Syscall, se.Err = sys.call, sys.err
+	}
+	h := s.Handle
+	switch {
+	case s.Mount != 0:
+		se.What = fmt.Sprintf("namespace %d, mount %d (%s)", s.NS, s.Mount, a.plan.Handles[h].What)
+	case h != NoHandle:
+		se.What = a.plan.Handles[h].What
+	default:
+		se.What = fmt.Sprintf("namespace %d", s.NS)
+	}
+	return se
+}
+
+// sys counts a mount syscall and fails it on purpose when asked to.
+func (a *applier) sys(call string, fn func() error) error {
+	a.calls++
+	if a.calls == a.opt.FailSyscall {
+		return sysErr(call, ErrInjected)
+	}
+	return sysErr(call, fn())
+}
+
+// sysFd is sys for a syscall that returns an fd.
+func (a *applier) sysFd(call string, fn func() (int, error)) (int, error) {
+	fd := -1
+	err := a.sys(call, func() error {
+		var err error
+		fd, err = fn()
+		return err
+	})
+	return fd, err
+}
+
+func procFd(fd int) string { return "/proc/thread-self/fd/" + strconv.Itoa(fd) }
+
+// do runs one step.
+func (a *applier) do(s Step) error {
+	switch s.Op {
+	case OpCreateNamespace:
+		return a.createNamespace(s)
+	case OpNewSuperblock:
+		return a.newSuperblock(s)
+	case OpFillTmpfs:
+		return a.fillTmpfs(s)
+	case OpOpenExternal:
+		fd, err := a.sysFd("open_tree", func() (int, error) {
+			return unix.OpenTree(unix.AT_FDCWD, s.Path, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+		})
+		if err != nil {
+			return fmt.Errorf("host path %s: %w", s.Path, err)
+		}
+		a.fds[s.Handle] = fd
+		// A clone of a shared host mount is its peer: private first.
+		return a.sys("mount(MS_PRIVATE)", func() error { return unix.Mount("", procFd(fd), "", unix.MS_PRIVATE, "") })
+	case OpBind:
+		return a.bind(s)
+	case OpAttach:
+		return a.attach(s)
+	case OpSetGroup:
+		return a.sys("move_mount(MOVE_MOUNT_SET_GROUP)", func() error {
+			return unix.MoveMount(a.fds[s.From], "", a.fds[s.Handle], "",
+				unix.MOVE_MOUNT_SET_GROUP|unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH)
+		})
+	case OpMakeSlave:
+		return a.propagation(s, "mount(MS_SLAVE)", unix.MS_SLAVE)
+	case OpMakeShared:
+		return a.propagation(s, "mount(MS_SHARED)", unix.MS_SHARED)
+	case OpMakeUnbindable:
+		return a.propagation(s, "mount(MS_UNBINDABLE)", unix.MS_UNBINDABLE)
+	case OpSetFlags:
+		attr := mountAttr(s.Flags)
+		return a.sys("mount_setattr", func() error {
+			return unix.MountSetattr(a.fds[s.Handle], "", unix.AT_EMPTY_PATH, attr)
+		})
+	case OpDrop:
+		// Closing the last fd of a detached mount unmounts it.
+		err := unix.Close(a.fds[s.Handle])
+		a.fds[s.Handle] = -1
+		return sysErr("close", err)
+	case OpPin:
+		return a.pin(s)
+	}
+	return fmt.Errorf("unknown step %q", s.Op)
+}
+
+func (a *applier) propagation(s Step, call string, flag uintptr) error {
+	return a.sys(call, func() error { return unix.Mount("", procFd(a.fds[s.Handle]), "", flag, "") })
+}
+
+// createNamespace runs on the namespace's worker: a new mount namespace,
+// all private, whose root becomes a private bind of the restore root.
+func (a *applier) createNamespace(s Step) error {
+	nsfd, err := a.unshareNewer()
+	if err != nil {
+		return err
+	}
+	a.nsFds[s.NS] = nsfd
+	if err := a.sys("mount(MS_REC|MS_PRIVATE)", func() error { return unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, "") }); err != nil {
+		return err
+	}
+	root, err := a.sysFd("open_tree", func() (int, error) {
+		return unix.OpenTree(unix.AT_FDCWD, a.opt.Root, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	})
+	if err != nil {
+		return fmt.Errorf("restore root %s: %w", a.opt.Root, err)
+	}
+	defer unix.Close(root)
+	if err := a.sys("move_mount", func() error {
+		return unix.MoveMount(root, "", unix.AT_FDCWD, a.opt.Root, unix.MOVE_MOUNT_F_EMPTY_PATH)
+	}); err != nil {
+		return err
+	}
+	if err := unix.Chdir(a.opt.Root); err != nil {
+		return sysErr("chdir", err)
+	}
+	if err := a.sys("pivot_root", func() error { return unix.PivotRoot(".", ".") }); err != nil {
+		return err
+	}
+	if err := a.sys("umount2(MNT_DETACH)", func() error { return unix.Unmount(".", unix.MNT_DETACH) }); err != nil {
+		return err
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return sysErr("chdir", err)
+	}
+	fd, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return sysErr("open(/)", err)
+	}
+	a.fds[s.Handle] = fd
+	return nil
+}
+
+// unshareNewer makes this thread's new mount namespace, one whose id is
+// above the base namespace's: the kernel binds an nsfs file of a mount
+// namespace (the pin) only into an older namespace (fs/namespace.c
+// mnt_ns_loop compares the ids). Linux 6.18 hands out namespace ids from
+// per-CPU batches, so a namespace made later on another CPU can get a
+// smaller id; then unshare again on each CPU in turn. This thread dies with
+// its worker, so its affinity does not matter afterwards.
+func (a *applier) unshareNewer() (int, error) {
+	base, baseErr := mntNamespaceID(a.baseNS)
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		return -1, sysErr("sched_getaffinity", err)
+	}
+	var cpus []int
+	for cpu := 0; cpu < 1024; cpu++ {
+		if set.IsSet(cpu) {
+			cpus = append(cpus, cpu)
+		}
+	}
+	for try := 0; ; try++ {
+		if err := a.sys("unshare(CLONE_NEWNS)", func() error { return unix.Unshare(unix.CLONE_NEWNS) }); err != nil {
+			return -1, err
+		}
+		nsfd, err := unix.Open("/proc/thread-self/ns/mnt", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return -1, sysErr("open(/proc/thread-self/ns/mnt)", err)
+		}
+		id, err := mntNamespaceID(nsfd)
+		if baseErr != nil || err != nil || id > base {
+			return nsfd, nil // no ids (before 6.10): they were monotonic
+		}
+		unix.Close(nsfd)
+		if try >= 4*len(cpus) {
+			return -1, fmt.Errorf("every new mount namespace got an id below this one's (%d): cannot pin it", base)
+		}
+		var one unix.CPUSet
+		one.Set(cpus[try%len(cpus)])
+		_ = unix.SchedSetaffinity(0, &one)
+	}
+}
+
+// mntNamespaceID is the id of the mount namespace of an nsfs fd
+// (ioctl NS_GET_MNTNS_ID, Linux 6.10).
+func mntNamespaceID(nsfd int) (uint64, error) {
+	const nsGetMntnsID = 0x8008b705 // _IOR(0xb7, 0x5, __u64)
+	var id uint64
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(nsfd), nsGetMntnsID, uintptr(unsafe.Pointer(&id))); e != 0 {
+		return 0, e
+	}
+	return id, nil
+}
+
+// newSuperblock makes a detached mount of a new filesystem instance.
+func (a *applier) newSuperblock(s Step) error {
+	fsfd, err := a.sysFd("fsopen", func() (int, error) { return unix.Fsopen(s.FSType, unix.FSOPEN_CLOEXEC) })
+	if err != nil {
+		return fmt.Errorf("%s: %w", s.FSType, err)
+	}
+	defer unix.Close(fsfd)
+	if s.Source != "" {
+		if err := a.sys("fsconfig(source)", func() error { return unix.FsconfigSetString(fsfd, "source", s.Source) }); err != nil {
+			return err
+		}
+	}
+	for _, o := range strings.Split(s.Options, ",") {
+		if o == "" {
+			continue
+		}
+		key, val, hasVal := strings.Cut(o, "=")
+		err := a.sys("fsconfig("+key+")", func() error {
+			if hasVal {
+				return unix.FsconfigSetString(fsfd, key, val)
+			}
+			return unix.FsconfigSetFlag(fsfd, key)
+		})
+		if err != nil {
+			return fmt.Errorf("option %q: %w", o, err)
+		}
+	}
+	if err := a.sys("fsconfig(FSCONFIG_CMD_CREATE)", func() error { return unix.FsconfigCreate(fsfd) }); err != nil {
+		return err
+	}
+	fd, err := a.sysFd("fsmount", func() (int, error) { return unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, 0) })
+	if err != nil {
+		return err
+	}
+	a.fds[s.Handle] = fd
+	return nil
+}
+
+func (a *applier) fillTmpfs(s Step) error {
+	if a.opt.Images == nil {
+		return errors.New("no images directory to read tmpfs content from")
+	}
+	name := images.TmpfsFile(s.Dev)
+	f, err := a.opt.Images.OpenFile(name)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	limit := a.opt.TmpfsLimit
+	for _, st := range a.plan.Steps {
+		if st.Op == OpNewSuperblock && st.Handle == s.Handle {
+			if l := tmpfsSizeLimit(st.Options); l > 0 {
+				limit = l
+			}
+		}
+	}
+	if err := extractTmpfs(f, a.fds[s.Handle], limit); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
+}
+
+// bind clones the mount at a path inside another handle's mount. The path
+// is resolved below that mount's root without symlinks (the content may
+// come from the images) before open_tree clones it.
+func (a *applier) bind(s Step) error {
+	from := a.fds[s.From]
+	if s.Path != "" {
+		fd, err := openInside(from, s.Path, unix.O_PATH, 0)
+		if err != nil {
+			return sysErr("openat2", fmt.Errorf("%s inside %s: %w", s.Path, a.plan.Handles[s.From].What, err))
+		}
+		defer unix.Close(fd)
+		from = fd
+	}
+	fd, err := a.sysFd("open_tree", func() (int, error) {
+		return unix.OpenTree(from, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
+	})
+	if err != nil {
+		return err
+	}
+	a.fds[s.Handle] = fd
+	return nil
+}
+
+// attach moves a detached mount onto its mountpoint, resolved from the
+// parent mount's fd; missing mountpoints are created.
+func (a *applier) attach(s Step) error {
+	src := a.fds[s.Handle]
+	target := a.fds[s.Parent]
+	if s.Path != "" {
+		var st unix.Stat_t
+		if err := unix.Fstat(src, &st); err != nil {
+			return sysErr("fstat", err)
+		}
+		var record func(created)
+		if s.Persistent {
+			record = func(c created) { a.created = append(a.created, c) }
+		}
+		fd, err := openMountpoint(target, s.Path, st.Mode&unix.S_IFMT == unix.S_IFDIR, record)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		target = fd
+	}
+	if err := a.sys("move_mount", func() error {
+		return unix.MoveMount(src, "", target, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH)
+	}); err != nil {
+		return err
+	}
+	if s.Persistent {
+		a.attached[s.NS] = append(a.attached[s.NS], s.Handle)
+	}
+	return nil
+}
+
+// mountAttr is the mount_setattr argument that sets exactly flags.
+func mountAttr(f forest.Flags) *unix.MountAttr {
+	attr := &unix.MountAttr{Attr_clr: unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV |
+		unix.MOUNT_ATTR_NOEXEC | unix.MOUNT_ATTR__ATIME | unix.MOUNT_ATTR_NODIRATIME | unix.MOUNT_ATTR_NOSYMFOLLOW}
+	set := []struct {
+		flag forest.Flags
+		attr uint64
+	}{
+		{forest.ReadOnly, unix.MOUNT_ATTR_RDONLY}, {forest.NoSuid, unix.MOUNT_ATTR_NOSUID},
+		{forest.NoDev, unix.MOUNT_ATTR_NODEV}, {forest.NoExec, unix.MOUNT_ATTR_NOEXEC},
+		{forest.NoDiratime, unix.MOUNT_ATTR_NODIRATIME}, {forest.NoSymFollow, unix.MOUNT_ATTR_NOSYMFOLLOW},
+		{forest.NoAtime, unix.MOUNT_ATTR_NOATIME}, {forest.StrictAtime, unix.MOUNT_ATTR_STRICTATIME},
+	}
+	for _, x := range set {
+		if f&x.flag != 0 {
+			attr.Attr_set |= x.attr
+		}
+	}
+	return attr
+}
+
+// pin bind-mounts the namespace's nsfs file on PIN/mntns-<ID>, a new file.
+func (a *applier) pin(s Step) error {
+	name := PinName(s.NS)
+	fd, err := unix.Openat(a.pinDir, name, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return sysErr("openat(O_CREAT|O_EXCL)", fmt.Errorf("%s: %w", filepath.Join(a.opt.PinDir, name), err))
+	}
+	defer unix.Close(fd)
+	a.pins = append(a.pins, name)
+	err = a.sys("mount(MS_BIND)", func() error {
+		return unix.Mount(procFd(a.nsFds[s.NS]), procFd(fd), "", unix.MS_BIND, "")
+	})
+	return err
+}
+
+// rollback undoes a failed restore: pins, mounts on persistent
+// mountpoints, then the mountpoints mntv2 created.
+func (a *applier) rollback() {
+	for i := len(a.pins) - 1; i >= 0; i-- {
+		p := filepath.Join(a.opt.PinDir, a.pins[i])
+		_ = unix.Unmount(p, unix.MNT_DETACH)
+		if err := unix.Unlinkat(a.pinDir, a.pins[i], 0); err != nil {
+			a.opt.Log.Warn("rollback: cannot remove pin", "pin", p, "err", err)
+		}
+	}
+	// A mountpoint cannot be removed while something is mounted on it in
+	// any namespace: detach those mounts inside their namespaces first.
+	for ns, hs := range a.attached {
+		w := a.workers[ns]
+		if w == nil {
+			continue
+		}
+		_ = w.run(func() error {
+			// The worker's root has no /proc: reach each mount by fchdir.
+			for i := len(hs) - 1; i >= 0; i-- {
+				if a.fds[hs[i]] >= 0 && unix.Fchdir(a.fds[hs[i]]) == nil {
+					_ = unix.Unmount(".", unix.MNT_DETACH)
+				}
+			}
+			return unix.Chdir("/")
+		})
+	}
+	for i := len(a.created) - 1; i >= 0; i-- {
+		c := a.created[i]
+		flags := 0
+		if c.dir {
+			flags = unix.AT_REMOVEDIR
+		}
+		if err := unix.Unlinkat(c.dirfd, c.name, flags); err != nil {
+			a.opt.Log.Warn("rollback: cannot remove a mountpoint mntv2 created", "name", c.name, "err", err)
+		}
+	}
+}
+
+// release closes every fd and ends every worker, after success or rollback.
+func (a *applier) release() {
+	for _, c := range a.created {
+		unix.Close(c.dirfd)
+	}
+	a.created = nil
+	for i, fd := range a.fds {
+		if fd >= 0 {
+			unix.Close(fd)
+			a.fds[i] = -1
+		}
+	}
+	for _, fd := range a.nsFds {
+		unix.Close(fd)
+	}
+	for _, w := range a.workers {
+		w.stop()
+	}
+	for _, fd := range []int{a.baseNS, a.pinDir} {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
+}

@@ -1,0 +1,56 @@
+package restore
+
+import (
+	"errors"
+	"fmt"
+	"syscall"
+)
+
+// StepError is a failed step of a restore: which step, which mount, which
+// syscall and errno. Nothing of the restore is left behind when it is
+// returned.
+type StepError struct {
+	Index   int    // index of the step in the plan
+	Step    Step   // the step
+	What    string // the mount: "namespace 10, mount 45 (/tmp/p1)", or a source/helper
+	Syscall string // open_tree, move_mount, ...
+	Err     error  // usually a syscall.Errno
+}
+
+func (e *StepError) Error() string {
+	msg := fmt.Sprintf("step %d (%s) for %s: ", e.Index, e.Step.Op, e.What)
+	if e.Syscall != "" {
+		msg += e.Syscall + ": "
+	}
+	return msg + e.Err.Error()
+}
+
+func (e *StepError) Unwrap() error { return e.Err }
+
+// Errno is the errno of the failed syscall, or 0.
+func (e *StepError) Errno() syscall.Errno {
+	var errno syscall.Errno
+	if errors.As(e.Err, &errno) {
+		return errno
+	}
+	return 0
+}
+
+// sysError names the syscall and the object it failed on.
+type sysError struct {
+	call string
+	err  error
+}
+
+func (e *sysError) Error() string { return e.err.Error() }
+func (e *sysError) Unwrap() error { return e.err }
+
+func sysErr(call string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &sysError{call: call, err: err}
+}
+
+// ErrInjected is the error of a syscall failed on purpose (Options.FailSyscall).
+var ErrInjected = errors.New("injected failure")

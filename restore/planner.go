@@ -1,0 +1,322 @@
+package restore
+
+import (
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+
+	"github.com/mntv2/mntv2/forest"
+)
+
+// planner builds a Plan; it holds the handle of every mount created.
+type planner struct {
+	in      Input
+	plan    *Plan
+	handle  map[*forest.Mount]Handle
+	source  map[uint32]Handle          // superblock (dev) -> handle of a new mount of its root
+	extRoot map[uint32][]*forest.Mount // superblock -> its external mounts
+	rootOf  map[uint32]*forest.Mount   // superblock -> a namespace root mount on it
+}
+
+func (p *planner) newHandle(info HandleInfo) Handle {
+	p.plan.Handles = append(p.plan.Handles, info)
+	return Handle(len(p.plan.Handles) - 1)
+}
+
+func (p *planner) add(s Step) {
+	p.plan.Steps = append(p.plan.Steps, s)
+}
+
+func step(op Op) Step { return Step{Op: op, Handle: NoHandle, From: NoHandle, Parent: NoHandle} }
+
+// NewPlan plans the restore of every namespace of in.Forest. It is pure: it
+// reads only its input. An *UnsupportedError lists every mount that cannot
+// be restored.
+func NewPlan(in Input) (*Plan, error) {
+	f := in.Forest
+	p := &planner{in: in, plan: &Plan{}, handle: map[*forest.Mount]Handle{},
+		source: map[uint32]Handle{}, extRoot: map[uint32][]*forest.Mount{}, rootOf: map[uint32]*forest.Mount{}}
+	if err := p.check(); err != nil {
+		return nil, err
+	}
+	for _, ns := range f.Namespaces {
+		p.plan.Namespaces = append(p.plan.Namespaces, ns.ID)
+		h := p.newHandle(HandleInfo{NS: ns.ID, Mount: ns.Root.ID, Root: true, What: "root of namespace " + u32(ns.ID)})
+		p.handle[ns.Root] = h
+		if p.rootOf[ns.Root.Dev] == nil {
+			p.rootOf[ns.Root.Dev] = ns.Root
+		}
+		s := step(OpCreateNamespace)
+		s.NS, s.Mount, s.Handle = ns.ID, ns.Root.ID, h
+		s.Why = "a new mount namespace whose root mount is a private bind of the restore root"
+		p.add(s)
+	}
+	if err := p.createMounts(); err != nil {
+		return nil, err
+	}
+	p.assemble()
+	if err := p.sharing(); err != nil {
+		return nil, err
+	}
+	p.finish()
+	return p.plan, nil
+}
+
+func u32(v uint32) string { return fmt.Sprint(v) }
+
+// check reports, all at once, the mounts that cannot be restored.
+func (p *planner) check() error {
+	var bad []string
+	for _, ns := range p.in.Forest.Namespaces {
+		for _, m := range ns.Mounts {
+			if m.IsRoot() {
+				continue
+			}
+			where := fmt.Sprintf("namespace %d, mount %d (%s)", ns.ID, m.ID, m.Mountpoint)
+			switch {
+			case m.External != "":
+				if _, ok := p.externalPath(m); !ok {
+					bad = append(bad, fmt.Sprintf("%s: external mount %q has no --ext-mount-map entry", where, m.External))
+				}
+			case m.Dev == ns.Root.Dev:
+				if !contains(ns.Root.Root, m.Root) {
+					bad = append(bad, fmt.Sprintf("%s: a bind of the root filesystem, but its root %q is outside the namespace root %q", where, m.Root, ns.Root.Root))
+				}
+			case !Supported[m.FSType]:
+				bad = append(bad, fmt.Sprintf("%s: filesystem %q is not supported (supported: %s)", where, m.FSType, supportedList()))
+			case m.Deleted:
+				bad = append(bad, fmt.Sprintf("%s: deleted root %q is not supported", where, m.Root))
+			}
+		}
+	}
+	if len(bad) > 0 {
+		return &UnsupportedError{Mounts: bad}
+	}
+	return nil
+}
+
+func supportedList() string {
+	var names []string
+	for n := range Supported {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return strings.Join(names, ", ")
+}
+
+// externalPath is the host path an external mount is bound from.
+func (p *planner) externalPath(m *forest.Mount) (string, bool) {
+	if hp, ok := p.in.External[m.External]; ok {
+		return hp, true
+	}
+	if !p.in.Auto {
+		return "", false
+	}
+	// CRIU's auto mode records the host path as the source ("//usr/bin");
+	// fall back to the mountpoint: the same path on this host.
+	if strings.HasPrefix(m.Source, "/") {
+		return path.Clean(m.Source), true
+	}
+	return m.Mountpoint, true
+}
+
+// rel turns an absolute path into one relative to "/" ("" for "/").
+func rel(p string) string { return strings.TrimPrefix(strings.TrimPrefix(p, "/"), "/") }
+
+// relTo is p relative to dir, which contains it ("" when equal).
+func relTo(p, dir string) string {
+	if dir == "/" {
+		return rel(p)
+	}
+	return rel(strings.TrimPrefix(p, dir))
+}
+
+// createMounts plans every mount as a detached, private mount: a new
+// superblock per filesystem instance, filled with its tmpfs content, then a
+// bind of each mount's root from it; external mounts are cloned from the host.
+func (p *planner) createMounts() error {
+	var order []uint32 // superblocks in first-seen order, for a stable plan
+	bySB := map[uint32][]*forest.Mount{}
+	for _, ns := range p.in.Forest.Namespaces {
+		_ = ns.Walk(func(m *forest.Mount) error {
+			if m.IsRoot() {
+				return nil
+			}
+			if _, ok := bySB[m.Dev]; !ok {
+				order = append(order, m.Dev)
+			}
+			bySB[m.Dev] = append(bySB[m.Dev], m)
+			return nil
+		})
+	}
+	for _, dev := range order {
+		mounts := bySB[dev]
+		var exts, others []*forest.Mount
+		for _, m := range mounts {
+			if m.External != "" {
+				exts = append(exts, m)
+			} else {
+				others = append(others, m)
+			}
+		}
+		for _, m := range exts {
+			hostPath, _ := p.externalPath(m)
+			h := p.newHandle(HandleInfo{NS: m.NS.ID, Mount: m.ID, What: "external " + m.Mountpoint})
+			p.handle[m] = h
+			s := step(OpOpenExternal)
+			s.NS, s.Mount, s.Handle, s.Path = m.NS.ID, m.ID, h, hostPath
+			s.Why = fmt.Sprintf("external mount %q: a private clone of %s on this host", m.External, hostPath)
+			p.add(s)
+		}
+		p.extRoot[dev] = exts
+		if len(others) == 0 {
+			continue
+		}
+		if p.rootOf[dev] != nil {
+			// A bind of the restore root: bound from its namespace's root
+			// mount (inside that namespace: the kernel clones only mounts
+			// of the caller's namespace).
+			for _, m := range others {
+				r := m.NS.Root
+				if r.Dev != dev {
+					r = p.rootOf[dev]
+				}
+				if !contains(r.Root, m.Root) {
+					return &UnsupportedError{Mounts: []string{fmt.Sprintf("namespace %d, mount %d (%s): its root %q is outside the restore root's %q",
+						m.NS.ID, m.ID, m.Mountpoint, m.Root, r.Root)}}
+				}
+				p.bind(m, p.handle[r], relTo(m.Root, r.Root), "a bind of the restore root at "+m.Root)
+			}
+			continue
+		}
+		if len(exts) > 0 {
+			// A mount of an external superblock: bind it from an external
+			// mount whose root contains its own.
+			for _, m := range others {
+				src := widestContaining(exts, m.Root)
+				if src == nil {
+					return &UnsupportedError{Mounts: []string{fmt.Sprintf(
+						"namespace %d, mount %d (%s): shares a superblock with external mounts, none of whose roots contains %q",
+						m.NS.ID, m.ID, m.Mountpoint, m.Root)}}
+				}
+				p.bind(m, p.handle[src], relTo(m.Root, src.Root), "a mount of an external superblock, bound from "+src.Mountpoint)
+			}
+			continue
+		}
+		first := others[0]
+		src := p.newHandle(HandleInfo{What: fmt.Sprintf("new %s superblock %s", first.FSType, forest.DevString(dev))})
+		p.source[dev] = src
+		s := step(OpNewSuperblock)
+		s.Handle, s.FSType, s.Source, s.Options, s.Dev = src, first.FSType, first.Source, first.Options, dev
+		s.Why = fmt.Sprintf("superblock %s of %d mounts (first %s)", forest.DevString(dev), len(others), first.Mountpoint)
+		p.add(s)
+		if first.FSType == "tmpfs" && p.in.TmpfsContent[dev] {
+			s := step(OpFillTmpfs)
+			s.Handle, s.Dev = src, dev
+			s.Why = "tmpfs content from tmpfs-dev-" + u32(dev) + ".tar.gz.img"
+			p.add(s)
+		}
+		for _, m := range others {
+			p.bind(m, src, rel(m.Root), "a private bind of root "+m.Root)
+		}
+	}
+	return nil
+}
+
+func (p *planner) bind(m *forest.Mount, from Handle, subpath, why string) {
+	h := p.newHandle(HandleInfo{NS: m.NS.ID, Mount: m.ID, What: m.Mountpoint})
+	p.handle[m] = h
+	s := step(OpBind)
+	s.NS, s.Mount, s.Handle, s.From, s.Path, s.Why = m.NS.ID, m.ID, h, from, subpath, why
+	p.add(s)
+}
+
+// widestContaining is the mount with the shortest root that contains root.
+func widestContaining(ms []*forest.Mount, root string) *forest.Mount {
+	var best *forest.Mount
+	for _, m := range ms {
+		if contains(m.Root, root) && (best == nil || len(m.Root) < len(best.Root)) {
+			best = m
+		}
+	}
+	return best
+}
+
+// contains says whether path p is dir or below it.
+func contains(dir, p string) bool {
+	return dir == "/" || p == dir || strings.HasPrefix(p, dir) && p[len(dir)] == '/'
+}
+
+// assemble plans the attach of every mount in its namespace, parents before
+// children. Among the children of one mount, one whose mountpoint lies below
+// another's is attached first, since the other covers it (a hidden mount),
+// and a mount stacked on its parent's own mountpoint comes last: so children
+// go in reverse mountpoint order. Each attach resolves its mountpoint from
+// the parent's own root, never through another mount.
+func (p *planner) assemble() {
+	for _, ns := range p.in.Forest.Namespaces {
+		stack := []*forest.Mount{ns.Root}
+		for len(stack) > 0 {
+			m := stack[len(stack)-1]
+			stack = stack[:len(stack)-1]
+			if !m.IsRoot() {
+				s := step(OpAttach)
+				s.NS, s.Mount, s.Handle, s.Parent = ns.ID, m.ID, p.handle[m], p.handle[m.Parent]
+				s.Path = relTo(m.Mountpoint, m.Parent.Mountpoint)
+				s.Persistent = m.Parent.IsRoot() || m.Parent.External != ""
+				s.Why = "mount " + m.Describe()
+				if s.Path == "" {
+					s.Why += ", stacked on mount " + u32(m.Parent.ID)
+				}
+				p.add(s)
+			}
+			// Push in mountpoint order, so they pop in reverse.
+			stack = append(stack, m.Children...)
+		}
+	}
+}
+
+// finish plans unbindable, the per-mount flags, the drop of sources and
+// helpers, and the pins.
+func (p *planner) finish() {
+	walk := func(fn func(m *forest.Mount)) {
+		for _, ns := range p.in.Forest.Namespaces {
+			_ = ns.Walk(func(m *forest.Mount) error {
+				if !m.IsRoot() {
+					fn(m)
+				}
+				return nil
+			})
+		}
+	}
+	walk(func(m *forest.Mount) {
+		if m.Unbindable {
+			s := step(OpMakeUnbindable)
+			s.NS, s.Mount, s.Handle, s.Why = m.NS.ID, m.ID, p.handle[m], "unbindable in the images"
+			p.add(s)
+		}
+	})
+	walk(func(m *forest.Mount) {
+		// New mounts and binds of them are rw,relatime; external clones
+		// carry the host mount's flags, so they are always set.
+		if m.Flags == forest.Relatime && m.External == "" && p.extRoot[m.Dev] == nil && p.rootOf[m.Dev] == nil {
+			return
+		}
+		s := step(OpSetFlags)
+		s.NS, s.Mount, s.Handle, s.Flags, s.Why = m.NS.ID, m.ID, p.handle[m], m.Flags, "per-mount flags "+m.Flags.String()
+		p.add(s)
+	})
+	for h, info := range p.plan.Handles {
+		if info.Mount == 0 {
+			s := step(OpDrop)
+			s.Handle, s.Why = Handle(h), "no longer needed: "+info.What
+			p.add(s)
+		}
+	}
+	for _, ns := range p.in.Forest.Namespaces {
+		s := step(OpPin)
+		s.NS, s.Handle, s.Why = ns.ID, p.handle[ns.Root], "keep the namespace alive"
+		p.add(s)
+	}
+}

@@ -1,0 +1,107 @@
+package restore
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Every path mntv2 resolves in a tree it restores goes through openat2 with
+// these: never above the starting directory, never through a symlink (a
+// container controls its root's symlinks: runc CVE-2021-30465, 2024-21626),
+// never into another mount.
+const resolveInside = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_XDEV | unix.RESOLVE_NO_MAGICLINKS
+
+// openInside opens name (one component or a relative path) below dirfd.
+func openInside(dirfd int, name string, flags int, mode uint32) (int, error) {
+	for {
+		fd, err := unix.Openat2(dirfd, name, &unix.OpenHow{
+			Flags: uint64(flags | unix.O_CLOEXEC | unix.O_NOFOLLOW), Mode: uint64(mode), Resolve: resolveInside,
+		})
+		if err == unix.EINTR || err == unix.EAGAIN {
+			continue // openat2 asks for a retry when a rename raced it
+		}
+		return fd, err
+	}
+}
+
+// created is an entry mntv2 made on a filesystem that outlives the restore.
+type created struct {
+	dirfd int // O_PATH fd of the directory holding it
+	name  string
+	dir   bool
+}
+
+// openMountpoint resolves rel below dirfd one component at a time and
+// returns an O_PATH fd of it. Missing components are created: directories,
+// and the last one as a directory or, for a file mount, an empty file. Each
+// creation is passed to record (which then owns the dirfd) when it is not
+// nil. A symlink anywhere, or a last component of the wrong kind, is an
+// error.
+func openMountpoint(dirfd int, rel string, wantDir bool, record func(created)) (int, error) {
+	cur, err := openInside(dirfd, ".", unix.O_PATH|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return -1, sysErr("openat2", err)
+	}
+	parts := strings.Split(rel, "/")
+	for i, name := range parts {
+		last := i == len(parts)-1
+		dir := !last || wantDir
+		fd, err := openInside(cur, name, unix.O_PATH, 0)
+		if errors.Is(err, unix.ENOENT) {
+			err = createEntry(cur, name, dir)
+			if err == nil {
+				if record != nil {
+					if dup, derr := unix.FcntlInt(uintptr(cur), unix.F_DUPFD_CLOEXEC, 0); derr == nil {
+						record(created{dirfd: dup, name: name, dir: dir})
+					}
+				}
+				fd, err = openInside(cur, name, unix.O_PATH, 0)
+			}
+		}
+		unix.Close(cur)
+		if err != nil {
+			return -1, sysErr("openat2", fmt.Errorf("%s: %w", strings.Join(parts[:i+1], "/"), err))
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			unix.Close(fd)
+			return -1, sysErr("fstat", err)
+		}
+		isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR
+		switch {
+		case st.Mode&unix.S_IFMT == unix.S_IFLNK:
+			err = fmt.Errorf("%s is a symlink: mntv2 never follows symlinks in a restored tree", strings.Join(parts[:i+1], "/"))
+		case dir && !isDir:
+			err = fmt.Errorf("%s is not a directory", strings.Join(parts[:i+1], "/"))
+		case !dir && isDir:
+			err = fmt.Errorf("%s is a directory, but the mount is of a file", strings.Join(parts[:i+1], "/"))
+		}
+		if err != nil {
+			unix.Close(fd)
+			return -1, sysErr("openat2", err)
+		}
+		cur = fd
+	}
+	return cur, nil
+}
+
+// createEntry makes a missing mountpoint: a directory or an empty file.
+func createEntry(dirfd int, name string, dir bool) error {
+	if dir {
+		if err := unix.Mkdirat(dirfd, name, 0o755); err != nil && err != unix.EEXIST {
+			return sysErr("mkdirat", err)
+		}
+		return nil
+	}
+	fd, err := openInside(dirfd, name, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY, 0o644)
+	if err == unix.EEXIST {
+		return nil
+	}
+	if err != nil {
+		return sysErr("openat2(O_CREAT)", err)
+	}
+	return unix.Close(fd)
+}

@@ -1,0 +1,229 @@
+package restore
+
+import (
+	"archive/tar"
+	"compress/gzip"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// The content of a tmpfs comes from tmpfs-dev-<dev>.tar.gz.img, a gzipped
+// tar CRIU makes with `tar --directory /proc/self/fd/N .`. The archive comes
+// with the images, so it is hostile until proven otherwise: every entry is
+// created below the new tmpfs's root fd with openat2 RESOLVE_BENEATH and
+// RESOLVE_NO_SYMLINKS (a symlink in the archive is created, never followed),
+// hard links must point inside, and the bytes written are capped.
+
+// maxTmpfsEntries caps the entries of one archive.
+const maxTmpfsEntries = 1 << 20
+
+// extractTmpfs unpacks a gzipped tar into the directory rootfd, writing at
+// most limit bytes of file data.
+func extractTmpfs(r io.Reader, rootfd int, limit int64) error {
+	zr, err := gzip.NewReader(r)
+	if err != nil {
+		return fmt.Errorf("tmpfs archive: %w", err)
+	}
+	defer zr.Close()
+	tr := tar.NewReader(zr)
+	budget := limit
+	for n := 0; ; n++ {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("tmpfs archive, entry %d: %w", n, err)
+		}
+		if n >= maxTmpfsEntries {
+			return fmt.Errorf("tmpfs archive: more than %d entries", maxTmpfsEntries)
+		}
+		name, err := entryName(hdr.Name)
+		if err != nil {
+			return fmt.Errorf("tmpfs archive, entry %q: %w", hdr.Name, err)
+		}
+		if err := extractEntry(tr, hdr, rootfd, name, &budget); err != nil {
+			return fmt.Errorf("tmpfs archive, entry %q: %w", hdr.Name, err)
+		}
+	}
+}
+
+// entryName cleans an archive path to one relative to the root ("." for the
+// root itself); absolute paths and ".." are refused.
+func entryName(name string) (string, error) {
+	if strings.HasPrefix(name, "/") {
+		return "", errors.New("absolute path")
+	}
+	if strings.ContainsRune(name, 0) {
+		return "", errors.New("NUL in path")
+	}
+	for _, c := range strings.Split(name, "/") {
+		if c == ".." {
+			return "", errors.New(`".." in path`)
+		}
+	}
+	return path.Clean(name), nil
+}
+
+func extractEntry(tr *tar.Reader, hdr *tar.Header, rootfd int, name string, budget *int64) error {
+	mode := uint32(hdr.Mode) & 0o7777
+	if name == "." {
+		if hdr.Typeflag != tar.TypeDir {
+			return errors.New("the root entry is not a directory")
+		}
+		return setAttrs(rootfd, "", hdr, mode)
+	}
+	dir, base := path.Split(name)
+	parent := rootfd
+	if dir != "" {
+		fd, err := openMountpoint(rootfd, strings.TrimSuffix(dir, "/"), true, nil)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		parent = fd
+	}
+	switch hdr.Typeflag {
+	case tar.TypeDir:
+		if err := unix.Mkdirat(parent, base, 0o700); err != nil && err != unix.EEXIST {
+			return sysErr("mkdirat", err)
+		}
+	case tar.TypeReg:
+		if hdr.Size > *budget {
+			return fmt.Errorf("%d bytes exceed what is left of the tmpfs size limit (%d bytes)", hdr.Size, *budget)
+		}
+		fd, err := openInside(parent, base, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY, 0o600)
+		if err != nil {
+			return sysErr("openat2(O_CREAT)", err)
+		}
+		n, err := io.Copy(&fdWriter{fd}, io.LimitReader(tr, *budget+1))
+		unix.Close(fd)
+		*budget -= n
+		if err != nil {
+			return err
+		}
+		if *budget < 0 {
+			return errors.New("file data exceeds the tmpfs size limit")
+		}
+	case tar.TypeSymlink:
+		if err := unix.Symlinkat(hdr.Linkname, parent, base); err != nil {
+			return sysErr("symlinkat", err)
+		}
+	case tar.TypeLink:
+		target, err := entryName(hdr.Linkname)
+		if err != nil || target == "." {
+			return fmt.Errorf("hard link to %q: outside the archive", hdr.Linkname)
+		}
+		fd, err := openInside(rootfd, target, unix.O_PATH, 0)
+		if err != nil {
+			return sysErr("openat2", fmt.Errorf("hard link target %q: %w", hdr.Linkname, err))
+		}
+		err = unix.Linkat(fd, "", parent, base, unix.AT_EMPTY_PATH)
+		unix.Close(fd)
+		return sysErr("linkat", err) // a link shares its target's attributes
+	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+		kind := map[byte]uint32{tar.TypeChar: unix.S_IFCHR, tar.TypeBlock: unix.S_IFBLK, tar.TypeFifo: unix.S_IFIFO}[hdr.Typeflag]
+		dev := unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor))
+		if err := unix.Mknodat(parent, base, kind|0o600, int(dev)); err != nil {
+			return sysErr("mknodat", err)
+		}
+	default:
+		return fmt.Errorf("unsupported entry type %q", hdr.Typeflag)
+	}
+	return setAttrs(parent, base, hdr, mode)
+}
+
+// setAttrs gives an entry its owner, mode and times, never through a
+// symlink. The mode comes last: chown clears setuid bits.
+func setAttrs(dirfd int, name string, hdr *tar.Header, mode uint32) error {
+	flags := unix.AT_SYMLINK_NOFOLLOW
+	if name == "" {
+		flags |= unix.AT_EMPTY_PATH
+	}
+	if err := unix.Fchownat(dirfd, name, hdr.Uid, hdr.Gid, flags); err != nil {
+		return sysErr("fchownat", err)
+	}
+	if hdr.Typeflag != tar.TypeSymlink {
+		fd, err := openInside(dirfd, orDot(name), unix.O_PATH, 0)
+		if err != nil {
+			return sysErr("openat2", err)
+		}
+		// fchmodat cannot take AT_SYMLINK_NOFOLLOW everywhere: chmod the
+		// O_PATH fd's magic link instead, which names this very inode.
+		err = unix.Fchmodat(unix.AT_FDCWD, "/proc/thread-self/fd/"+strconv.Itoa(fd), mode, 0)
+		unix.Close(fd)
+		if err != nil {
+			return sysErr("fchmodat", err)
+		}
+	}
+	if name == "" {
+		return nil // the root keeps its times: it is a mount root
+	}
+	ts := []unix.Timespec{unix.NsecToTimespec(hdr.AccessTime.UnixNano()), unix.NsecToTimespec(hdr.ModTime.UnixNano())}
+	if hdr.AccessTime.IsZero() {
+		ts[0] = ts[1]
+	}
+	return sysErr("utimensat", unix.UtimesNanoAt(dirfd, name, ts, flags))
+}
+
+func orDot(name string) string {
+	if name == "" {
+		return "."
+	}
+	return name
+}
+
+// fdWriter writes to a raw fd.
+type fdWriter struct{ fd int }
+
+func (w *fdWriter) Write(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		m, err := unix.Write(w.fd, p[n:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return n, err
+		}
+		n += m
+	}
+	return n, nil
+}
+
+// tmpfsSizeLimit reads the size= option of a tmpfs ("16384k", "1g"); 0
+// when absent or relative (size=50%).
+func tmpfsSizeLimit(options string) int64 {
+	for _, o := range strings.Split(options, ",") {
+		v, ok := strings.CutPrefix(o, "size=")
+		if !ok || v == "" {
+			continue
+		}
+		mult := int64(1)
+		switch v[len(v)-1] {
+		case 'k', 'K':
+			mult = 1 << 10
+		case 'm', 'M':
+			mult = 1 << 20
+		case 'g', 'G':
+			mult = 1 << 30
+		case '%':
+			return 0
+		}
+		if mult != 1 {
+			v = v[:len(v)-1]
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n <= 0 || n > (1<<62)/mult {
+			return 0
+		}
+		return n * mult
+	}
+	return 0
+}
