@@ -38,10 +38,24 @@ func ReadNamespaceFile(nsPath string, nsID uint32) (NamespaceMounts, error) {
 		return NamespaceMounts{}, &os.PathError{Op: "open", Path: nsPath, Err: err}
 	}
 	defer unix.Close(fd)
+	// The namespace may have no /proc of its own (a restored tree before
+	// its processes mount one): keep this one open and read the entering
+	// thread's mountinfo through it. What mountinfo lists depends on the
+	// reading task's namespace and root, not on where proc is mounted.
+	proc, err := unix.Open("/proc", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return NamespaceMounts{}, &os.PathError{Op: "open", Path: "/proc", Err: err}
+	}
+	defer unix.Close(proc)
 	var nm NamespaceMounts
 	err = InNamespace(fd, func() error {
-		var err error
-		nm, err = ReadMountinfoFile("/proc/thread-self/mountinfo", nsID)
+		mfd, err := unix.Openat(proc, "thread-self/mountinfo", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return &os.PathError{Op: "open", Path: "/proc/thread-self/mountinfo", Err: err}
+		}
+		f := os.NewFile(uintptr(mfd), "/proc/thread-self/mountinfo")
+		defer f.Close()
+		nm, err = FromMountinfo(f, nsID)
 		return err
 	})
 	if err != nil {

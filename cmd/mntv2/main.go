@@ -55,7 +55,7 @@ or captured tree against the images.`,
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return inputError(fmt.Errorf("%w (see %s --help)", err, cmd.CommandPath()))
 	})
-	root.AddCommand(newShowCommand(), newPlanCommand(), newRestoreCommand(), newVerifyCommand(), newReleaseCommand())
+	root.AddCommand(newShowCommand(), newPlanCommand(), newRestoreCommand(), newVerifyCommand(), newReleaseCommand(), newDumpCommand())
 	return root
 }
 

@@ -19,6 +19,15 @@ const fixtures = "../../testdata/criu-4.2"
 var binary_ string
 
 func TestMain(m *testing.M) {
+	if os.Getenv("MNTV2_CT") != "" {
+		containerMain()
+	}
+	// A privileged test re-runs this binary in its own namespace
+	// (internal/testns): it reuses the parent's build.
+	if b := os.Getenv("MNTV2_TEST_BINARY"); b != "" {
+		binary_ = b
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "mntv2-cli-test-")
 	if err != nil {
 		panic(err)
@@ -27,6 +36,7 @@ func TestMain(m *testing.M) {
 	if out, err := exec.Command("go", "build", "-o", binary_, ".").CombinedOutput(); err != nil {
 		panic(string(out))
 	}
+	os.Setenv("MNTV2_TEST_BINARY", binary_)
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)

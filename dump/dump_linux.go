@@ -1,0 +1,192 @@
+// Package dump writes CRIU-format mount images of live processes: the
+// inventory, pstree, ids-<pid> and mountpoints-<ns> images (and optionally
+// tmpfs content) of a process and its descendants. It lets mntv2 make test
+// images without CRIU; CRIU's crit and mntv2 read them.
+//
+// Mountpoints are read from /proc/PID/mountinfo, so they are relative to
+// the task's root; a container that pivot_roots (every runtime does) has
+// its namespace's root there. Mounts are not marked external: dump is for
+// trees built from filesystems mntv2 creates.
+package dump
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/mntv2/mntv2/forest"
+	"github.com/mntv2/mntv2/images"
+	"golang.org/x/sys/unix"
+)
+
+// Options say what to dump beyond the mount tree.
+type Options struct {
+	// TmpfsContent writes tmpfs-dev-<dev>.tar.gz.img for every tmpfs.
+	TmpfsContent bool
+}
+
+// Summary says what was written.
+type Summary struct {
+	Tasks      int
+	Namespaces []uint32
+	Mounts     int
+	Tmpfs      int
+}
+
+type task struct {
+	images.Task
+	nsIno uint64
+}
+
+// Dump writes the mount images of pid and its descendants into dir.
+func Dump(pid int, dir string, opt Options) (*Summary, error) {
+	tasks, err := processTree(pid)
+	if err != nil {
+		return nil, err
+	}
+	// Namespace ids in order of discovery, starting at 1.
+	nsID := map[uint64]uint32{}
+	nsPid := map[uint32]int{}
+	var order []uint32
+	for _, t := range tasks {
+		if _, ok := nsID[t.nsIno]; !ok {
+			id := uint32(len(nsID) + 1)
+			nsID[t.nsIno] = id
+			nsPid[id] = int(t.Pid)
+			order = append(order, id)
+		}
+	}
+	var input []forest.NamespaceMounts
+	for _, id := range order {
+		nm, err := forest.ReadPID(nsPid[id], id)
+		if err != nil {
+			return nil, err
+		}
+		input = append(input, nm)
+	}
+	f, err := forest.Build(input)
+	if err != nil {
+		return nil, fmt.Errorf("the live tree of pid %d: %w", pid, err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	d, err := images.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	var imgs []*images.Image
+	plain := make([]images.Task, len(tasks))
+	for i, t := range tasks {
+		plain[i] = t.Task
+		img, err := images.EncodeTaskIDs(t.Pid, images.TaskIDs{MntNS: nsID[t.nsIno]})
+		if err != nil {
+			return nil, err
+		}
+		imgs = append(imgs, img)
+	}
+	img, err := images.EncodeTasks(plain)
+	if err != nil {
+		return nil, err
+	}
+	imgs = append(imgs, img)
+	if img, err = images.EncodeInventory(images.TaskIDs{MntNS: nsID[tasks[0].nsIno]}); err != nil {
+		return nil, err
+	}
+	imgs = append(imgs, img)
+	sum := &Summary{Tasks: len(tasks), Namespaces: order}
+	for _, ns := range f.Namespaces {
+		var mounts []images.Mount
+		_ = ns.Walk(func(m *forest.Mount) error {
+			mounts = append(mounts, forest.ToImageMount(m))
+			return nil
+		})
+		sum.Mounts += len(mounts)
+		img, err := images.EncodeMounts(ns.ID, mounts)
+		if err != nil {
+			return nil, err
+		}
+		imgs = append(imgs, img)
+	}
+	for _, img := range imgs {
+		if err := d.WriteImage(img); err != nil {
+			return nil, err
+		}
+	}
+	if opt.TmpfsContent {
+		n, err := writeTmpfsContent(f, nsPid, d)
+		if err != nil {
+			return nil, err
+		}
+		sum.Tmpfs = n
+	}
+	return sum, d.Sync()
+}
+
+// processTree lists pid and its descendants, parents first.
+func processTree(pid int) ([]task, error) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	all := map[int]task{}
+	children := map[int][]int{}
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		t, err := readTask(p)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		all[p] = t
+		children[int(t.Ppid)] = append(children[int(t.Ppid)], p)
+	}
+	if _, ok := all[pid]; !ok {
+		return nil, fmt.Errorf("pid %d: no such process", pid)
+	}
+	var out []task
+	queue := []int{pid}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		out = append(out, all[p])
+		kids := children[p]
+		slices.Sort(kids)
+		queue = append(queue, kids...)
+	}
+	return out, nil
+}
+
+func readTask(pid int) (task, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return task{}, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return task{}, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	fields := strings.Fields(s[i+1:]) // state ppid pgrp session ...
+	if len(fields) < 4 {
+		return task{}, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	num := func(s string) uint32 { n, _ := strconv.ParseUint(s, 10, 32); return uint32(n) }
+	t := task{Task: images.Task{Pid: uint32(pid), Ppid: num(fields[1]), Pgid: num(fields[2]), Sid: num(fields[3])}}
+	var st unix.Stat_t
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/mnt", pid), &st); err != nil {
+		return task{}, err
+	}
+	t.nsIno = st.Ino
+	if thr, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid)); err == nil {
+		for _, th := range thr {
+			t.Threads = append(t.Threads, num(th.Name()))
+		}
+	}
+	return t, nil
+}
