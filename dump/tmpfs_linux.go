@@ -79,14 +79,30 @@ func archiveMount(m *forest.Mount, pid int, tw *tar.Writer) (bool, error) {
 	defer unix.Close(nsfd)
 	clone := -1
 	err = forest.InNamespace(nsfd, func() error {
+		// Work in a private copy of the namespace, where what covers m can
+		// be unmounted without touching the container (rprivate first:
+		// an unmount under a shared parent would propagate to it).
+		if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+			return fmt.Errorf("unshare(CLONE_NEWNS): %w", err)
+		}
+		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+			return fmt.Errorf("make the copy private: %w", err)
+		}
+		for _, c := range uncover(m) {
+			for range c.count {
+				if err := unix.Unmount(c.path, unix.MNT_DETACH); err != nil {
+					return fmt.Errorf("uncover %s: umount %s: %w", m.Mountpoint, c.path, err)
+				}
+			}
+		}
 		fd, err := unix.Open(m.Mountpoint, unix.O_PATH|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
 		if err != nil {
 			return nil
 		}
 		defer unix.Close(fd)
-		var stx unix.Statx_t
-		if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &stx); err != nil || stx.Mnt_id != uint64(m.ID) {
-			return nil // covered: another mount is on top
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil || unix.Major(st.Dev) != m.Dev>>20 || unix.Minor(st.Dev) != m.Dev&(1<<20-1) {
+			return nil // not the mount we want after all
 		}
 		clone, err = unix.OpenTree(fd, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
 		if err == unix.EINVAL && m.Unbindable {
@@ -133,6 +149,65 @@ func archiveMount(m *forest.Mount, pid int, tw *tar.Writer) (bool, error) {
 		return err == nil, err
 	}
 	return true, w.dir(clone, prefix, true)
+}
+
+// cover is how many mounts to unmount at a path to uncover a mount.
+type cover struct {
+	path  string
+	count int
+}
+
+// uncover lists, for each path on the way to m's mountpoint, how many
+// mounts sit above the one that leads to m. Mounts on one path form a chain
+// (each stacked on the one before, fs/namespace.c attaches a new mount on
+// top), so umount2(path) removes them from the top down.
+func uncover(m *forest.Mount) []cover {
+	var chain []*forest.Mount // root ... m
+	for x := m; x != nil; x = x.Parent {
+		chain = append([]*forest.Mount{x}, chain...)
+	}
+	onPath := map[*forest.Mount]bool{}
+	for _, x := range chain {
+		onPath[x] = true
+	}
+	var out []cover
+	var prefixes []string
+	for p := m.Mountpoint; p != "/"; p = path.Dir(p) {
+		prefixes = append([]string{p}, prefixes...)
+	}
+	for _, p := range prefixes {
+		// The deepest mount of the chain with a mountpoint above p.
+		var a *forest.Mount
+		for _, x := range chain {
+			if x.Mountpoint != p && (x.Mountpoint == "/" || strings.HasPrefix(p, x.Mountpoint+"/")) {
+				a = x
+			}
+		}
+		cur := childAt(a, p)
+		for cur != nil && onPath[cur] {
+			cur = childAt(cur, p)
+		}
+		n := 0
+		for ; cur != nil; cur = childAt(cur, p) {
+			n++
+		}
+		if n > 0 {
+			out = append(out, cover{p, n})
+		}
+	}
+	return out
+}
+
+func childAt(m *forest.Mount, p string) *forest.Mount {
+	if m == nil {
+		return nil
+	}
+	for _, c := range m.Children {
+		if c.Mountpoint == p {
+			return c
+		}
+	}
+	return nil
 }
 
 type archiver struct {

@@ -399,7 +399,16 @@ func (a *applier) unshareNewer() (int, error) {
 		}
 	}
 	for try := 0; ; try++ {
-		if err := a.sys("unshare(CLONE_NEWNS)", func() error { return unix.Unshare(unix.CLONE_NEWNS) }); err != nil {
+		// Retries are not counted: the count of mount syscalls stays the
+		// same from run to run (fault injection relies on it).
+		unshare := func() error { return unix.Unshare(unix.CLONE_NEWNS) }
+		var err error
+		if try == 0 {
+			err = a.sys("unshare(CLONE_NEWNS)", unshare)
+		} else {
+			err = sysErr("unshare(CLONE_NEWNS)", unshare())
+		}
+		if err != nil {
 			return -1, err
 		}
 		nsfd, err := unix.Open("/proc/thread-self/ns/mnt", unix.O_RDONLY|unix.O_CLOEXEC, 0)

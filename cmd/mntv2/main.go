@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -58,6 +59,12 @@ or captured tree against the images.`,
 	root.AddCommand(newShowCommand(), newPlanCommand(), newRestoreCommand(), newVerifyCommand(), newReleaseCommand(), newDumpCommand())
 	return root
 }
+
+// The main goroutine keeps the main thread: a goroutine that enters another
+// mount namespace on a locked thread ends that thread when it returns, but
+// the runtime cannot end the main thread and would leave it, and the
+// namespace, alive.
+func init() { runtime.LockOSThread() }
 
 func main() {
 	os.Exit(run(os.Args[1:]))

@@ -125,6 +125,9 @@ func roundTrip(t *testing.T, s ctScript) string {
 	if diffs := forest.Compare(in.Forest, live); len(diffs) > 0 {
 		return "dump differs from the live tree: " + diffs[0].String()
 	}
+	if keep := os.Getenv("MNTV2_KEEP_IMAGES"); keep != "" {
+		_ = exec.Command("cp", "-a", imgs, keep).Run() // for debugging a failure
+	}
 	plan, err := restore.NewPlan(in)
 	if err != nil {
 		return "plan: " + err.Error()
