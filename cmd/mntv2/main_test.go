@@ -95,6 +95,9 @@ func TestUsageErrors(t *testing.T) {
 		{"show"},
 		{"show", "--images", img, "--format", "yaml"},
 		{"show", "--bogus"},
+		{"show", "--images", img, "--pid", "1"},
+		{"show", "--mountinfo", "/nonexistent/mountinfo"},
+		{"show", "--pin-dir", "/nonexistent"},
 		{"nosuchcommand"},
 	} {
 		_, errs, code := mntv2(t, args...)

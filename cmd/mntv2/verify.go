@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"path/filepath"
 
 	"github.com/mntv2/mntv2/forest"
 	"github.com/spf13/cobra"
@@ -11,9 +10,9 @@ import (
 
 func newVerifyCommand() *cobra.Command {
 	var (
-		dir, mountinfo, pinDir string
-		pid                    int
-		mntns                  uint32
+		dir   string
+		live  liveSource
+		mntns uint32
 	)
 	cmd := &cobra.Command{
 		Use:   "verify --images DIR (--pid PID | --mountinfo FILE | --pin-dir DIR) [--mntns ID]",
@@ -37,13 +36,7 @@ Exit status: 0 identical, 1 differences (listed on stdout), 2 usage or input err
   mntv2 verify --images DIR --pid 4242 --mntns 10`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			sources := 0
-			for _, set := range []bool{pid != 0, mountinfo != "", pinDir != ""} {
-				if set {
-					sources++
-				}
-			}
-			if sources != 1 {
+			if live.count() != 1 {
 				return inputError(errors.New("give exactly one of --pid, --mountinfo, --pin-dir"))
 			}
 			expected, err := loadImages(dir)
@@ -54,46 +47,29 @@ Exit status: 0 identical, 1 differences (listed on stdout), 2 usage or input err
 			if mntnsSet && expected.Namespace(mntns) == nil {
 				return inputError(fmt.Errorf("--mntns %d: the images have no mountpoints-%d.img", mntns, mntns))
 			}
-			var found []forest.NamespaceMounts
-			if pinDir != "" {
-				ids := []uint32{}
+			var ids []uint32
+			if live.pinDir != "" {
+				ids = []uint32{}
 				for _, ns := range expected.Namespaces {
 					if !mntnsSet || ns.ID == mntns {
 						ids = append(ids, ns.ID)
 					}
 				}
-				expected = expected.Only(ids...)
-				for _, id := range ids {
-					nm, err := forest.ReadNamespaceFile(filepath.Join(pinDir, fmt.Sprintf("mntns-%d", id)), id)
-					if err != nil {
-						return inputError(err)
-					}
-					found = append(found, nm)
+			} else if !mntnsSet {
+				if len(expected.Namespaces) != 1 {
+					return inputError(fmt.Errorf("the images hold %d mount namespaces: name one with --mntns", len(expected.Namespaces)))
 				}
+				mntns = expected.Namespaces[0].ID
+				ids = []uint32{mntns}
 			} else {
-				if !mntnsSet {
-					if len(expected.Namespaces) != 1 {
-						return inputError(fmt.Errorf("the images hold %d mount namespaces: name one with --mntns", len(expected.Namespaces)))
-					}
-					mntns = expected.Namespaces[0].ID
-				}
-				expected = expected.Only(mntns)
-				var nm forest.NamespaceMounts
-				if pid != 0 {
-					nm, err = forest.ReadPID(pid, mntns)
-				} else {
-					nm, err = forest.ReadMountinfoFile(mountinfo, mntns)
-				}
-				if err != nil {
-					return inputError(err)
-				}
-				found = append(found, nm)
+				ids = []uint32{mntns}
 			}
-			live, err := forest.Build(found)
+			expected = expected.Only(ids...)
+			found, err := live.build(ids, mntns)
 			if err != nil {
-				return inputError(fmt.Errorf("the tree to check: %w", err))
+				return err
 			}
-			diffs := forest.Compare(expected, live)
+			diffs := forest.Compare(expected, found)
 			out := cmd.OutOrStdout()
 			for _, d := range diffs {
 				fmt.Fprintln(out, d)
@@ -106,9 +82,7 @@ Exit status: 0 identical, 1 differences (listed on stdout), 2 usage or input err
 		},
 	}
 	cmd.Flags().StringVar(&dir, "images", "", "CRIU images directory (required)")
-	cmd.Flags().IntVar(&pid, "pid", 0, "check /proc/PID/mountinfo")
-	cmd.Flags().StringVar(&mountinfo, "mountinfo", "", "check a saved mountinfo file")
-	cmd.Flags().StringVar(&pinDir, "pin-dir", "", "check the namespaces pinned in DIR by mntv2 restore")
+	live.addFlags(cmd.Flags(), "check")
 	cmd.Flags().Uint32Var(&mntns, "mntns", 0, "image mount namespace id to compare with")
 	_ = cmd.MarkFlagRequired("images")
 	return cmd

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/mntv2/mntv2/forest"
+	"github.com/mntv2/mntv2/restore"
+	"github.com/spf13/pflag"
+)
+
+// liveSource is a live or captured mount tree, named by one of --pid,
+// --mountinfo or --pin-dir, as show and verify take it.
+type liveSource struct {
+	pid       int
+	mountinfo string
+	pinDir    string
+}
+
+func (s *liveSource) addFlags(fs *pflag.FlagSet, verb string) {
+	fs.IntVar(&s.pid, "pid", 0, verb+" /proc/PID/mountinfo")
+	fs.StringVar(&s.mountinfo, "mountinfo", "", verb+" a saved mountinfo file")
+	fs.StringVar(&s.pinDir, "pin-dir", "", verb+" the namespaces pinned in DIR by mntv2 restore")
+}
+
+// count is how many of the three were given.
+func (s *liveSource) count() int {
+	n := 0
+	for _, set := range []bool{s.pid != 0, s.mountinfo != "", s.pinDir != ""} {
+		if set {
+			n++
+		}
+	}
+	return n
+}
+
+// read reads the tree. With --pin-dir it reads the namespaces ids (every
+// pinned one when ids is nil); otherwise the one tree, as namespace mntns.
+func (s *liveSource) read(ids []uint32, mntns uint32) ([]forest.NamespaceMounts, error) {
+	switch {
+	case s.pinDir != "":
+		if ids == nil {
+			pins, err := restore.Pins(s.pinDir)
+			if err != nil {
+				return nil, err
+			}
+			if len(pins) == 0 {
+				return nil, fmt.Errorf("%s: no mntns-<ID> pins", s.pinDir)
+			}
+			for _, p := range pins {
+				n, err := strconv.ParseUint(strings.TrimPrefix(p, "mntns-"), 10, 32)
+				if err != nil {
+					return nil, fmt.Errorf("%s: pin %s is not mntns-<ID>", s.pinDir, p)
+				}
+				ids = append(ids, uint32(n))
+			}
+		}
+		var found []forest.NamespaceMounts
+		for _, id := range ids {
+			nm, err := forest.ReadNamespaceFile(filepath.Join(s.pinDir, fmt.Sprintf("mntns-%d", id)), id)
+			if err != nil {
+				return nil, err
+			}
+			found = append(found, nm)
+		}
+		return found, nil
+	case s.pid != 0:
+		nm, err := forest.ReadPID(s.pid, mntns)
+		return []forest.NamespaceMounts{nm}, err
+	case s.mountinfo != "":
+		nm, err := forest.ReadMountinfoFile(s.mountinfo, mntns)
+		return []forest.NamespaceMounts{nm}, err
+	}
+	return nil, errors.New("no tree named")
+}
+
+// build reads the tree and validates it; any failure is an input error.
+func (s *liveSource) build(ids []uint32, mntns uint32) (*forest.Forest, error) {
+	found, err := s.read(ids, mntns)
+	if err != nil {
+		return nil, inputError(err)
+	}
+	f, err := forest.Build(found)
+	if err != nil {
+		return nil, inputError(fmt.Errorf("the tree to check: %w", err))
+	}
+	return f, nil
+}
