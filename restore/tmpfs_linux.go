@@ -91,7 +91,13 @@ func extractEntry(tr *tar.Reader, hdr *tar.Header, rootfd int, name string, budg
 	}
 	switch hdr.Typeflag {
 	case tar.TypeDir:
-		if err := unix.Mkdirat(parent, base, 0o700); err != nil && err != unix.EEXIST {
+		if err := unix.Mkdirat(parent, base, 0o700); err == unix.EEXIST {
+			fd, err := openInside(parent, base, unix.O_PATH|unix.O_DIRECTORY, 0)
+			if err != nil {
+				return fmt.Errorf("%s exists and is not a directory (%w)", base, err)
+			}
+			unix.Close(fd)
+		} else if err != nil {
 			return sysErr("mkdirat", err)
 		}
 	case tar.TypeReg:

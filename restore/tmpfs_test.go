@@ -1,0 +1,203 @@
+package restore
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+type entry struct {
+	name, link string
+	typ        byte
+	mode       int64
+	data       string
+	size       int64 // header size when it should lie; 0: len(data)
+}
+
+func archive(t *testing.T, entries ...entry) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	for _, e := range entries {
+		h := &tar.Header{Name: e.name, Linkname: e.link, Typeflag: e.typ, Mode: e.mode,
+			Uid: os.Getuid(), Gid: os.Getgid(), ModTime: time.Unix(1700000000, 0), Format: tar.FormatPAX}
+		if e.typ == tar.TypeReg {
+			h.Size = int64(len(e.data))
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if e.typ == tar.TypeReg {
+			if _, err := tw.Write([]byte(e.data)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	tw.Close()
+	zw.Close()
+	return buf.Bytes()
+}
+
+// extractInto extracts into a fresh directory next to an "outside"
+// directory holding a canary, and returns both.
+func extractInto(t *testing.T, data []byte, limit int64) (root, outside string, err error) {
+	t.Helper()
+	base := t.TempDir()
+	root, outside = filepath.Join(base, "root"), filepath.Join(base, "outside")
+	for _, d := range []string{root, outside} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(outside, "canary"), []byte("canary"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	err = extractTmpfs(bytes.NewReader(data), fd, limit)
+	return root, outside, err
+}
+
+func listTree(t *testing.T, dir string) string {
+	t.Helper()
+	var out []string
+	_ = filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, _ := filepath.Rel(dir, p)
+		out = append(out, r+" "+fi.Mode().String())
+		return nil
+	})
+	return strings.Join(out, "\n")
+}
+
+func TestExtractTmpfs(t *testing.T) {
+	data := archive(t,
+		entry{name: "./", typ: tar.TypeDir, mode: 0o1777},
+		entry{name: "./a/", typ: tar.TypeDir, mode: 0o750},
+		entry{name: "./a/f", typ: tar.TypeReg, mode: 0o640, data: "hello"},
+		entry{name: "./a/h", typ: tar.TypeLink, link: "./a/f"},
+		entry{name: "./a/l", typ: tar.TypeSymlink, link: "/etc/passwd"},
+		entry{name: "./a/up", typ: tar.TypeSymlink, link: "../../outside"},
+		entry{name: "./p", typ: tar.TypeFifo, mode: 0o600},
+		entry{name: "./deep/er/file", typ: tar.TypeReg, mode: 0o4755, data: "x"},
+	)
+	root, outside, err := extractInto(t, data, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		". dtrwxrwxrwx", "a drwxr-x---", "a/f -rw-r-----", "a/h -rw-r-----", "a/l Lrwxrwxrwx", "a/up Lrwxrwxrwx",
+		"deep drwxr-xr-x", "deep/er drwxr-xr-x", "deep/er/file urwxr-xr-x", "p prw-------",
+	}
+	if got := listTree(t, root); got != strings.Join(want, "\n") {
+		t.Errorf("extracted:\n%s\nwant:\n%s", got, strings.Join(want, "\n"))
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, "a/f")); string(b) != "hello" {
+		t.Errorf("a/f holds %q", b)
+	}
+	var a, b unix.Stat_t
+	_ = unix.Stat(filepath.Join(root, "a/f"), &a)
+	_ = unix.Stat(filepath.Join(root, "a/h"), &b)
+	if a.Ino != b.Ino {
+		t.Error("a/h is not a hard link of a/f")
+	}
+	if l, _ := os.Readlink(filepath.Join(root, "a/l")); l != "/etc/passwd" {
+		t.Errorf("a/l -> %q", l)
+	}
+	if fi, _ := os.Stat(filepath.Join(root, "a/f")); fi.ModTime().Unix() != 1700000000 {
+		t.Errorf("a/f mtime %v", fi.ModTime())
+	}
+	if got := listTree(t, outside); got != ". drwxr-xr-x\ncanary -rw-r--r--" {
+		t.Errorf("outside changed:\n%s", got)
+	}
+}
+
+// TestExtractTmpfsHostile: an archive cannot write, link or follow anything
+// outside the new tmpfs, nor exceed its size.
+func TestExtractTmpfsHostile(t *testing.T) {
+	dir := entry{name: "./", typ: tar.TypeDir, mode: 0o755}
+	cases := []struct {
+		name    string
+		entries []entry
+		limit   int64
+		want    string
+	}{
+		{"dotdot", []entry{dir, {name: "../outside/pwn", typ: tar.TypeReg, data: "x"}}, 0, `".." in path`},
+		{"dotdot inside", []entry{dir, {name: "a/../../outside/pwn", typ: tar.TypeReg, data: "x"}}, 0, `".." in path`},
+		{"absolute", []entry{dir, {name: "/tmp/pwn", typ: tar.TypeReg, data: "x"}}, 0, "absolute path"},
+		{"through a symlink it made", []entry{dir,
+			{name: "s", typ: tar.TypeSymlink, link: "../outside"},
+			{name: "s/pwn", typ: tar.TypeReg, data: "x"}}, 0, "symlink"},
+		{"through an absolute symlink", []entry{dir,
+			{name: "s", typ: tar.TypeSymlink, link: "/"},
+			{name: "s/tmp/pwn", typ: tar.TypeDir}}, 0, "symlink"},
+		{"onto a symlink it made", []entry{dir,
+			{name: "s", typ: tar.TypeSymlink, link: "../outside/canary"},
+			{name: "s", typ: tar.TypeReg, data: "overwrite"}}, 0, "file exists"},
+		{"hard link out", []entry{dir, {name: "h", typ: tar.TypeLink, link: "../outside/canary"}}, 0, "outside the archive"},
+		{"hard link absolute", []entry{dir, {name: "h", typ: tar.TypeLink, link: "/etc/passwd"}}, 0, "outside the archive"},
+		{"hard link through a symlink", []entry{dir,
+			{name: "s", typ: tar.TypeSymlink, link: "../outside"},
+			{name: "h", typ: tar.TypeLink, link: "s/canary"}}, 0, "hard link target"},
+		{"chmod through a symlink", []entry{dir,
+			{name: "s", typ: tar.TypeSymlink, link: "../outside"},
+			{name: "s/", typ: tar.TypeDir, mode: 0o777}}, 0, "exists and is not a directory"},
+		{"one file over the size", []entry{dir, {name: "big", typ: tar.TypeReg, data: strings.Repeat("x", 100)}}, 99, "exceed"},
+		{"files over the size together", []entry{dir,
+			{name: "a", typ: tar.TypeReg, data: strings.Repeat("x", 60)},
+			{name: "b", typ: tar.TypeReg, data: strings.Repeat("x", 60)}}, 100, "exceed"},
+		{"root is a file", []entry{{name: ".", typ: tar.TypeReg, data: "x"}}, 0, "not a directory"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			limit := c.limit
+			if limit == 0 {
+				limit = 1 << 20
+			}
+			_, outside, err := extractInto(t, archive(t, c.entries...), limit)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("got %v, want an error saying %q", err, c.want)
+			}
+			if got := listTree(t, outside); got != ". drwxr-xr-x\ncanary -rw-r--r--" {
+				t.Errorf("outside changed:\n%s", got)
+			}
+			if b, _ := os.ReadFile(filepath.Join(outside, "canary")); string(b) != "canary" {
+				t.Errorf("canary now %q", b)
+			}
+		})
+	}
+	for name, data := range map[string][]byte{
+		"not gzip":       []byte("this is not an archive"),
+		"truncated gzip": archive(t, dir, entry{name: "f", typ: tar.TypeReg, data: strings.Repeat("y", 5000)})[:40],
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, _, err := extractInto(t, data, 1<<20); err == nil || !strings.Contains(err.Error(), "tmpfs archive") {
+				t.Errorf("got %v", err)
+			}
+		})
+	}
+}
+
+func TestTmpfsSizeLimit(t *testing.T) {
+	for opts, want := range map[string]int64{
+		"size=16384k,mode=755": 16 << 20, "size=1g": 1 << 30, "size=512": 512, "size=3M": 3 << 20,
+		"size=50%": 0, "mode=1777": 0, "size=": 0, "size=-5": 0, "size=99999999999999999g": 0, "size=x": 0,
+	} {
+		if got := tmpfsSizeLimit(opts); got != want {
+			t.Errorf("%q: %d, want %d", opts, got, want)
+		}
+	}
+}
