@@ -64,14 +64,40 @@ func (c *comparison) addAt(m *Mount, what, exp, fnd string) {
 }
 
 func (c *comparison) namespace(ens, fns *Namespace) {
+	m := Match(ens, fns)
+	for _, e := range m.Order {
+		if !e.IsRoot() {
+			c.mount(e, m.Pairs[e])
+		}
+	}
+	for _, e := range m.Missing {
+		c.addAt(e, "missing mount", describeMount(e), "nothing mounted there")
+	}
+	for _, f := range m.Extra {
+		c.addAt(f, "unexpected mount", "nothing mounted there", describeMount(f))
+	}
+}
+
+// Matching pairs the mounts of two trees of one namespace by position:
+// mountpoint under the matched parent, which includes the stacking order.
+type Matching struct {
+	Pairs   map[*Mount]*Mount // expected -> found
+	Order   []*Mount          // the expected mounts that were paired, parents first
+	Missing []*Mount          // expected mounts with nothing at their place
+	Extra   []*Mount          // found mounts with no expected mount at their place
+}
+
+// Match pairs expected's mounts with found's, walking both trees from their
+// roots; it looks at positions only, not at what is mounted.
+func Match(expected, found *Namespace) *Matching {
+	res := &Matching{Pairs: make(map[*Mount]*Mount, len(expected.Mounts))}
 	type pair struct{ e, f *Mount }
-	queue := []pair{{ens.Root, fns.Root}}
+	queue := []pair{{expected.Root, found.Root}}
 	for len(queue) > 0 {
 		p := queue[0]
 		queue = queue[1:]
-		if !p.e.IsRoot() {
-			c.mount(p.e, p.f)
-		}
+		res.Pairs[p.e] = p.f
+		res.Order = append(res.Order, p.e)
 		fch := make(map[string]*Mount, len(p.f.Children))
 		for _, ch := range p.f.Children {
 			fch[ch.Mountpoint] = ch
@@ -82,14 +108,15 @@ func (c *comparison) namespace(ens, fns *Namespace) {
 				delete(fch, ech.Mountpoint)
 				continue
 			}
-			c.addAt(ech, "missing mount", describeMount(ech), "nothing mounted there")
+			res.Missing = append(res.Missing, ech)
 		}
 		for _, fc := range p.f.Children {
 			if _, extra := fch[fc.Mountpoint]; extra {
-				c.addAt(fc, "unexpected mount", "nothing mounted there", describeMount(fc))
+				res.Extra = append(res.Extra, fc)
 			}
 		}
 	}
+	return res
 }
 
 func describeMount(m *Mount) string {

@@ -66,6 +66,20 @@ func FromImageMount(e *images.Mount) Mount {
 
 // FromImages builds the forest of every mountpoints-*.img in d.
 func FromImages(d *images.Dir) (*Forest, error) {
+	input, err := ImageNamespaces(d)
+	if err != nil {
+		return nil, err
+	}
+	f, err := Build(input)
+	if err != nil {
+		return nil, fmt.Errorf("images %s: %w", d.Path(), err)
+	}
+	return f, nil
+}
+
+// ImageNamespaces reads the mounts of every mountpoints-*.img in d, not yet
+// linked into a forest.
+func ImageNamespaces(d *images.Dir) ([]NamespaceMounts, error) {
 	ids, err := d.MountNamespaces()
 	if err != nil {
 		return nil, err
@@ -85,11 +99,7 @@ func FromImages(d *images.Dir) (*Forest, error) {
 		}
 		input = append(input, in)
 	}
-	f, err := Build(input)
-	if err != nil {
-		return nil, fmt.Errorf("images %s: %w", d.Path(), err)
-	}
-	return f, nil
+	return input, nil
 }
 
 // ToImageMount converts a mount back to an image entry, as CRIU would write

@@ -302,3 +302,15 @@ func MountpointsFile(nsID uint32) string { return fmt.Sprintf("mountpoints-%d.im
 func IDsFile(pid uint32) string          { return fmt.Sprintf("ids-%d.img", pid) }
 func FSFile(pid uint32) string           { return fmt.Sprintf("fs-%d.img", pid) }
 func TmpfsFile(dev uint32) string        { return fmt.Sprintf("tmpfs-dev-%d.tar.gz.img", dev) }
+
+// AppendMounts adds mounts to a mountpoints image.
+func (img *Image) AppendMounts(ms []Mount) error {
+	for i := range ms {
+		b, err := marshal.Marshal(entryFromMount(&ms[i]))
+		if err != nil {
+			return fmt.Errorf("encode %s record: %w", img.File, err)
+		}
+		img.Records = append(img.Records, b)
+	}
+	return nil
+}

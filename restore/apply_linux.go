@@ -33,6 +33,10 @@ type Options struct {
 	// Log receives a line per phase (default: slog.Default()).
 	Log *slog.Logger
 
+	// Live names the restored namespaces of a live plan (NewLivePlan), by
+	// image namespace id.
+	Live map[uint32]*LiveNamespace
+
 	// FailSyscall makes the N-th mount syscall (counting from 1) fail with
 	// ErrInjected: for fault-injection tests only.
 	FailSyscall int
@@ -77,6 +81,8 @@ func (p *Plan) Phase(s Step) string {
 		return "sharing"
 	case OpMakeUnbindable, OpSetFlags:
 		return "flags"
+	case OpOpenLive, OpUnstack, OpOpenHost:
+		return "open"
 	}
 	return "finish"
 }
@@ -98,6 +104,7 @@ type applier struct {
 	attached map[uint32][]Handle
 	pins     []string
 	calls    int
+	live     map[uint32]*liveState
 }
 
 // Apply restores plan. It runs on the calling goroutine's thread (locked for
@@ -144,7 +151,10 @@ func Apply(plan *Plan, opt Options) (res *Result, err error) {
 	}
 	res.Syscalls = a.calls
 	for _, id := range plan.Namespaces {
-		nr := NamespaceResult{ID: id, Pin: filepath.Join(opt.PinDir, PinName(id)), Mounts: map[uint32]uint64{}}
+		nr := NamespaceResult{ID: id, Mounts: map[uint32]uint64{}}
+		if opt.Live == nil {
+			nr.Pin = filepath.Join(opt.PinDir, PinName(id))
+		}
 		for h, info := range plan.Handles {
 			if info.NS == id && info.Mount != 0 && a.fds[h] >= 0 {
 				var stx unix.Statx_t
@@ -168,6 +178,12 @@ func (a *applier) prepare() error {
 		return fail("this mount namespace", sysErr("open", err))
 	}
 	a.baseNS = fd
+	if a.opt.Live != nil {
+		if err := a.startLive(); err != nil {
+			return fail("restored namespaces", err)
+		}
+		return nil
+	}
 	if a.plan.Len() > 0 {
 		if err := os.MkdirAll(a.opt.PinDir, 0o700); err != nil {
 			return fail("pin dir "+a.opt.PinDir, err)
@@ -198,10 +214,10 @@ func (p *Plan) Len() int { return len(p.Namespaces) }
 // MOVE_MOUNT_SET_GROUP and propagation changes.
 func (a *applier) executor(s Step) uint32 {
 	switch s.Op {
-	case OpCreateNamespace, OpAttach, OpSetFlags:
+	case OpCreateNamespace, OpAttach, OpSetFlags, OpOpenLive, OpUnstack:
 		return s.NS
 	case OpBind:
-		if info := a.plan.Handles[s.From]; info.Root {
+		if info := a.plan.Handles[s.From]; info.Root || info.Live && !info.Helper {
 			return info.NS
 		}
 	}
@@ -328,6 +344,12 @@ func (a *applier) do(s Step) error {
 		return sysErr("close", err)
 	case OpPin:
 		return a.pin(s)
+	case OpOpenLive:
+		return a.openLive(s)
+	case OpUnstack:
+		return a.unstack(s)
+	case OpOpenHost:
+		return a.openHost(s)
 	}
 	return fmt.Errorf("unknown step %q", s.Op)
 }

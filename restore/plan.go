@@ -33,6 +33,11 @@ const (
 	OpSetFlags        Op = "set-flags"        // mount_setattr: the per-mount flags, inside the namespace
 	OpDrop            Op = "drop"             // close a handle that is no mount of the result (a source or helper)
 	OpPin             Op = "pin"              // keep the namespace alive as PIN/mntns-<ID>
+
+	// Live plans (a tree restored by someone else, without sharing).
+	OpOpenLive Op = "open-live" // an fd of a restored mount, inside its namespace
+	OpUnstack  Op = "unstack"   // a helper mount in the tree: keep a detached private clone, unmount it
+	OpOpenHost Op = "open-host" // an fd of a host mount (external sharing, external masters)
 )
 
 // Handle numbers the mounts a plan creates: image mounts, superblock sources
@@ -108,6 +113,7 @@ type HandleInfo struct {
 	Mount  uint32 `json:"mount,omitempty"` // image mount id; 0 for a source or helper
 	Helper bool   `json:"helper,omitempty"`
 	Root   bool   `json:"root,omitempty"` // a namespace's root mount (bind of the restore root)
+	Live   bool   `json:"live,omitempty"` // a mount of a restored tree (live plans)
 	What   string `json:"what"`
 }
 
@@ -130,6 +136,8 @@ type Input struct {
 	// TmpfsContent says which superblocks (root_dev) have a
 	// tmpfs-dev-<dev>.tar.gz.img.
 	TmpfsContent map[uint32]bool
+	// Live is set for a live plan (NewLivePlan).
+	Live *LiveInput
 }
 
 // Supported lists the filesystems mntv2 creates new instances of.

@@ -17,6 +17,17 @@ type planner struct {
 	source  map[uint32]Handle          // superblock (dev) -> handle of a new mount of its root
 	extRoot map[uint32][]*forest.Mount // superblock -> its external mounts
 	rootOf  map[uint32]*forest.Mount   // superblock -> a namespace root mount on it
+
+	// Sharing phase and live plans.
+	groups    map[uint32]*groupPlan
+	devMounts map[uint32][]*forest.Mount // live: superblock -> its mounts
+	host      map[uint32]Handle          // live: peer group -> handle of a host mount in it
+}
+
+func newPlanner(in Input) *planner {
+	return &planner{in: in, plan: &Plan{}, handle: map[*forest.Mount]Handle{},
+		source: map[uint32]Handle{}, extRoot: map[uint32][]*forest.Mount{}, rootOf: map[uint32]*forest.Mount{},
+		devMounts: map[uint32][]*forest.Mount{}, host: map[uint32]Handle{}}
 }
 
 func (p *planner) newHandle(info HandleInfo) Handle {
@@ -35,8 +46,7 @@ func step(op Op) Step { return Step{Op: op, Handle: NoHandle, From: NoHandle, Pa
 // be restored.
 func NewPlan(in Input) (*Plan, error) {
 	f := in.Forest
-	p := &planner{in: in, plan: &Plan{}, handle: map[*forest.Mount]Handle{},
-		source: map[uint32]Handle{}, extRoot: map[uint32][]*forest.Mount{}, rootOf: map[uint32]*forest.Mount{}}
+	p := newPlanner(in)
 	if err := p.check(); err != nil {
 		return nil, err
 	}

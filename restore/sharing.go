@@ -32,6 +32,23 @@ type groupPlan struct {
 
 // sharing plans the peer groups and masters, master before slave.
 func (p *planner) sharing() error {
+	order, byID, err := p.analyzeSharing()
+	if err != nil {
+		return err
+	}
+	p.groups = byID
+	for _, gp := range order {
+		if err := p.planGroup(gp); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// analyzeSharing finds each group's master and slaves and the root its
+// representative needs, and returns the groups that have members, masters
+// before slaves.
+func (p *planner) analyzeSharing() ([]*groupPlan, map[uint32]*groupPlan, error) {
 	groups := p.in.Forest.Groups()
 	byID := make(map[uint32]*groupPlan, len(groups))
 	for _, g := range groups {
@@ -48,7 +65,10 @@ func (p *planner) sharing() error {
 			// A master that is not in the images: the host's (external
 			// masters). Its slaves are external mounts cloned from the
 			// host, which keep their master; anything else cannot be
-			// restored.
+			// restored. A live restore finds the host's group instead.
+			if p.in.Live != nil {
+				continue
+			}
 			for _, s := range g.Slaves {
 				if s.External == "" && p.extRoot[s.Dev] == nil {
 					problems = append(problems, fmt.Sprintf("namespace %d, mount %d (%s): master %d is not in the images and the mount is not external",
@@ -66,7 +86,7 @@ func (p *planner) sharing() error {
 		}
 	}
 	if len(problems) > 0 {
-		return &UnsupportedError{Mounts: problems}
+		return nil, nil, &UnsupportedError{Mounts: problems}
 	}
 	// Roots of slave groups first (they widen their master's need), then
 	// masters before slaves for the steps.
@@ -87,12 +107,7 @@ func (p *planner) sharing() error {
 		}
 		gp.need = commonAncestor(roots)
 	}
-	for _, gp := range order {
-		if err := p.planGroup(gp); err != nil {
-			return err
-		}
-	}
-	return nil
+	return order, byID, nil
 }
 
 // groupConsistent checks what the kernel guarantees for a real group: one
@@ -168,8 +183,17 @@ func (p *planner) planGroup(gp *groupPlan) error {
 			rep = m
 		}
 	}
+	if host := p.hostGroup(gp.ID); host != NoHandle && allExternal(gp.Members) {
+		// External sharing: the members are peers of a host group.
+		gp.rep, rep = host, nil
+		for _, m := range gp.Members {
+			p.setGroup(gp.rep, p.h(m), m, fmt.Sprintf("peer of host group %d", gp.ID))
+		}
+		p.slavesOf(gp)
+		return nil
+	}
 	if rep != nil {
-		gp.rep = p.handle[rep]
+		gp.rep = p.h(rep)
 	} else {
 		h, err := p.helper(gp)
 		if err != nil {
@@ -180,21 +204,39 @@ func (p *planner) planGroup(gp *groupPlan) error {
 	if gp.master != nil {
 		p.setGroup(gp.master.rep, gp.rep, rep, fmt.Sprintf("join master group %d, to become its slave", gp.master.ID))
 		p.propagation(OpMakeSlave, gp.rep, rep, fmt.Sprintf("slave of group %d", gp.master.ID))
+	} else if host := p.hostGroup(gp.Master); gp.Master != 0 && host != NoHandle {
+		p.setGroup(host, gp.rep, rep, fmt.Sprintf("join host group %d, to become its slave", gp.Master))
+		p.propagation(OpMakeSlave, gp.rep, rep, fmt.Sprintf("slave of host group %d", gp.Master))
 	}
 	p.propagation(OpMakeShared, gp.rep, rep, fmt.Sprintf("peer group %d starts here", gp.ID))
 	for _, m := range gp.Members {
 		if m != rep {
-			p.setGroup(gp.rep, p.handle[m], m, fmt.Sprintf("peer of group %d", gp.ID))
+			p.setGroup(gp.rep, p.h(m), m, fmt.Sprintf("peer of group %d", gp.ID))
 		}
 	}
+	p.slavesOf(gp)
+	return nil
+}
+
+// slavesOf plans the slave-only mounts of a group: each joins the group
+// through its representative, then becomes a slave.
+func (p *planner) slavesOf(gp *groupPlan) {
 	for _, s := range gp.Slaves {
 		if s.PeerGroup != 0 {
 			continue // a shared slave: its own group copies the master
 		}
-		p.setGroup(gp.rep, p.handle[s], s, fmt.Sprintf("join group %d, to become its slave", gp.ID))
-		p.propagation(OpMakeSlave, p.handle[s], s, fmt.Sprintf("slave of group %d", gp.ID))
+		p.setGroup(gp.rep, p.h(s), s, fmt.Sprintf("join group %d, to become its slave", gp.ID))
+		p.propagation(OpMakeSlave, p.h(s), s, fmt.Sprintf("slave of group %d", gp.ID))
 	}
-	return nil
+}
+
+func allExternal(ms []*forest.Mount) bool {
+	for _, m := range ms {
+		if m.External == "" {
+			return false
+		}
+	}
+	return len(ms) > 0
 }
 
 // helper plans a private bind of gp.need from a mount of the group's
@@ -221,6 +263,12 @@ func (p *planner) helper(gp *groupPlan) (Handle, error) {
 func (p *planner) exposing(dev uint32, root string) (Handle, string, bool) {
 	if h, ok := p.source[dev]; ok {
 		return h, rel(root), true
+	}
+	if p.in.Live != nil {
+		if src := widestContaining(p.devMounts[dev], root); src != nil {
+			return p.h(src), relTo(root, src.Root), true
+		}
+		return NoHandle, "", false
 	}
 	if src := widestContaining(p.extRoot[dev], root); src != nil {
 		return p.handle[src], relTo(root, src.Root), true

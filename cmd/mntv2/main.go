@@ -56,7 +56,8 @@ or captured tree against the images.`,
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return inputError(fmt.Errorf("%w (see %s --help)", err, cmd.CommandPath()))
 	})
-	root.AddCommand(newShowCommand(), newPlanCommand(), newRestoreCommand(), newVerifyCommand(), newReleaseCommand(), newDumpCommand())
+	root.AddCommand(newShowCommand(), newPlanCommand(), newRestoreCommand(), newVerifyCommand(), newReleaseCommand(), newDumpCommand(),
+		newCriuImagesCommand())
 	return root
 }
 
@@ -67,6 +68,11 @@ or captured tree against the images.`,
 func init() { runtime.LockOSThread() }
 
 func main() {
+	// With no arguments and CRIU's action in the environment, mntv2 is
+	// CRIU's --action-script.
+	if len(os.Args) == 1 && os.Getenv("CRTOOLS_SCRIPT_ACTION") != "" {
+		os.Exit(runHook())
+	}
 	os.Exit(run(os.Args[1:]))
 }
 

@@ -34,11 +34,12 @@ clusters and dashed master -> slave edges.`,
 		Example: `  mntv2 show --images testdata/criu-4.2/07-propagation-storm/images
   mntv2 show --images DIR --format json | jq '.groups'
   mntv2 show --images DIR --format dot | dot -Tsvg > mounts.svg
-  mntv2 show --pin-dir /run/ct1/mnt --canonical`,
+  mntv2 show --pin-dir /run/ct1/mnt --canonical
+  mntv2 show --tree 4242 --canonical   # every namespace of a container`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if n := live.count(); n > 1 || n == 1 && dir != "" || n == 0 && dir == "" {
-				return inputError(errors.New("give exactly one of --images, --pid, --mountinfo, --pin-dir"))
+				return inputError(errors.New("give exactly one of --images, --pid, --mountinfo, --pin-dir, --tree"))
 			}
 			var f *forest.Forest
 			var err error

@@ -4,10 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/mntv2/mntv2/forest"
+	"github.com/mntv2/mntv2/images"
+	"github.com/mntv2/mntv2/plugin"
 	"github.com/mntv2/mntv2/restore"
 	"github.com/spf13/pflag"
 )
@@ -18,18 +21,23 @@ type liveSource struct {
 	pid       int
 	mountinfo string
 	pinDir    string
+	tree      int
+	// images, when set, names the tree's namespaces by the image ids
+	// (--tree): the task in each is found through pstree and ids images.
+	images *images.Dir
 }
 
 func (s *liveSource) addFlags(fs *pflag.FlagSet, verb string) {
 	fs.IntVar(&s.pid, "pid", 0, verb+" /proc/PID/mountinfo")
 	fs.StringVar(&s.mountinfo, "mountinfo", "", verb+" a saved mountinfo file")
 	fs.StringVar(&s.pinDir, "pin-dir", "", verb+" the namespaces pinned in DIR by mntv2 restore")
+	fs.IntVar(&s.tree, "tree", 0, verb+" every mount namespace of the process tree rooted at PID (a container, a CRIU restore)")
 }
 
 // count is how many of the three were given.
 func (s *liveSource) count() int {
 	n := 0
-	for _, set := range []bool{s.pid != 0, s.mountinfo != "", s.pinDir != ""} {
+	for _, set := range []bool{s.pid != 0, s.mountinfo != "", s.pinDir != "", s.tree != 0} {
 		if set {
 			n++
 		}
@@ -61,6 +69,37 @@ func (s *liveSource) read(ids []uint32, mntns uint32) ([]forest.NamespaceMounts,
 		var found []forest.NamespaceMounts
 		for _, id := range ids {
 			nm, err := forest.ReadNamespaceFile(filepath.Join(s.pinDir, fmt.Sprintf("mntns-%d", id)), id)
+			if err != nil {
+				return nil, err
+			}
+			found = append(found, nm)
+		}
+		return found, nil
+	case s.tree != 0 && s.images != nil:
+		paths, err := plugin.RestoredNamespaces(s.images, s.tree)
+		if err != nil {
+			return nil, err
+		}
+		var found []forest.NamespaceMounts
+		for id, p := range paths {
+			if ids != nil && !slices.Contains(ids, id) {
+				continue
+			}
+			nm, err := forest.ReadNamespaceFile(p, id)
+			if err != nil {
+				return nil, err
+			}
+			found = append(found, nm)
+		}
+		return found, nil
+	case s.tree != 0:
+		paths, err := plugin.TreeNamespaceFiles(s.tree)
+		if err != nil {
+			return nil, err
+		}
+		var found []forest.NamespaceMounts
+		for i, p := range paths {
+			nm, err := forest.ReadNamespaceFile(p, uint32(i+1))
 			if err != nil {
 				return nil, err
 			}

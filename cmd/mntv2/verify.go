@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/mntv2/mntv2/forest"
+	"github.com/mntv2/mntv2/images"
 	"github.com/spf13/cobra"
 )
 
@@ -15,7 +16,7 @@ func newVerifyCommand() *cobra.Command {
 		mntns uint32
 	)
 	cmd := &cobra.Command{
-		Use:   "verify --images DIR (--pid PID | --mountinfo FILE | --pin-dir DIR) [--mntns ID]",
+		Use:   "verify --images DIR (--pid PID | --mountinfo FILE | --pin-dir DIR | --tree PID) [--mntns ID]",
 		Short: "Check a live or captured mount tree against CRIU images",
 		Long: `verify compares mount namespaces with the ones CRIU images describe, up to a
 renaming of mount ids, device numbers and peer group numbers: same trees by
@@ -26,18 +27,30 @@ The tree to check comes from one of:
   --pid PID         /proc/PID/mountinfo (the mounts visible from PID's root)
   --mountinfo FILE  a saved mountinfo file
   --pin-dir DIR     every namespace pinned by 'mntv2 restore' as DIR/mntns-<ID>
+  --tree PID        every namespace of the process tree rooted at PID (a CRIU
+                    restore of the images): the images' pstree and ids say
+                    which task is in which namespace
 --mntns names the image namespace to compare with; it may be left out when the
-images hold one namespace, and with --pin-dir.
+images hold one namespace, and with --pin-dir and --tree.
 
 Exit status: 0 identical, 1 differences (listed on stdout), 2 usage or input error.`,
 		Example: `  mntv2 verify --images testdata/criu-4.2/01-seed-reverse-order/images \
       --mountinfo testdata/criu-4.2/01-seed-reverse-order/mountinfo/mntns-10.mountinfo --mntns 10
   mntv2 verify --images DIR --pin-dir /run/ct1/mnt
-  mntv2 verify --images DIR --pid 4242 --mntns 10`,
+  mntv2 verify --images DIR --pid 4242 --mntns 10
+  mntv2 verify --images DIR --tree "$(cat restored.pid)"`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if live.count() != 1 {
-				return inputError(errors.New("give exactly one of --pid, --mountinfo, --pin-dir"))
+				return inputError(errors.New("give exactly one of --pid, --mountinfo, --pin-dir, --tree"))
+			}
+			if live.tree != 0 {
+				d, err := images.Open(dir)
+				if err != nil {
+					return inputError(err)
+				}
+				defer d.Close()
+				live.images = d
 			}
 			expected, err := loadImages(dir)
 			if err != nil {
@@ -48,7 +61,7 @@ Exit status: 0 identical, 1 differences (listed on stdout), 2 usage or input err
 				return inputError(fmt.Errorf("--mntns %d: the images have no mountpoints-%d.img", mntns, mntns))
 			}
 			var ids []uint32
-			if live.pinDir != "" {
+			if live.pinDir != "" || live.tree != 0 {
 				ids = []uint32{}
 				for _, ns := range expected.Namespaces {
 					if !mntnsSet || ns.ID == mntns {

@@ -1,0 +1,259 @@
+#!/usr/bin/env bash
+# End-to-end test of mntv2 with real CRIU.
+#
+# For every scenario (the fixtures' testdata/criu-4.2/*/scenario.sh and
+# mntv2's own testdata/e2e/*/scenario.sh) it builds a container (new mount
+# and pid namespace, a tmpfs root with the host's /bin /lib /usr /etc binds,
+# proc, a tmpfs /dev and /tmp), runs the scenario in it, captures every
+# namespace (mntv2 show --tree --canonical), checkpoints it with criu dump,
+# then restores it four ways: CRIU alone and CRIU + mntv2 (--action-script),
+# each with mount-v2 and with --mntns-compat-mode. Each restore is captured
+# again and compared with the capture before the dump; verify --tree checks
+# it against the images too. Then the failure paths: an injected failure in
+# post-restore aborts the restore, kill -9 of CRIU between pre-restore and
+# post-restore, a read-only images directory, and the go-criu RPC path.
+#
+# Everything runs in a private mount namespace of its own: the host's mounts
+# are never touched. Only pids this script started (or CRIU restored for it)
+# are ever killed.
+#
+# usage: hack/e2e-criu.sh [SCENARIO_DIR...]
+# env:   CRIU (default: criu on PATH), MNTV2 (default: bin/mntv2),
+#        E2E_JSON (write the table as JSON there too)
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(dirname "$here")
+if [ "${MNTV2_E2E_INNER:-}" != 1 ]; then
+	exec unshare --mount --propagation private env MNTV2_E2E_INNER=1 "$0" "$@"
+fi
+
+CRIU=${CRIU:-criu}
+MNTV2=${MNTV2:-$top/bin/mntv2}
+CRIU=$(command -v "$CRIU") || { echo "e2e: CRIU not found (set CRIU=/path/to/criu)" >&2; exit 2; }
+[ -x "$MNTV2" ] || { echo "e2e: $MNTV2 is missing: run make build" >&2; exit 2; }
+MNTV2=$(cd "$(dirname "$MNTV2")" && pwd)/$(basename "$MNTV2")
+export MNTV2
+export MNTV2_LOG_LEVEL=${MNTV2_LOG_LEVEL:-info}
+
+if [ $# -eq 0 ]; then
+	set -- "$top"/testdata/criu-4.2/*/ "$top"/testdata/e2e/*/
+fi
+
+scratch=$(mktemp -d /tmp/mntv2-e2e.XXXXXX)
+failures=0
+declare -a rows=()
+
+# The first error of a CRIU log (not the rlimit warning every run has).
+firsterr() { grep Error "$1" | grep -v RLIMIT_NOFILE | head -1; }
+
+note() { printf '%s\n' "$*" >&2; }
+fail() { note "FAIL: $*"; failures=$((failures + 1)); }
+
+# Kill a restored tree by its root's pid and wait until it is gone.
+kill_tree() {
+	local pid=$1
+	[ -n "$pid" ] || return 0
+	kill -9 "$pid" 2>/dev/null || true
+	for _ in $(seq 100); do
+		[ -e "/proc/$pid" ] || return 0
+		sleep 0.05
+	done
+}
+
+# Digest of the images directory: every file name and its bytes.
+digest() { (cd "$1" && find . -type f | LC_ALL=C sort | xargs sha256sum) | sha256sum | cut -c1-16; }
+
+# Processes whose root is dir: what a restore of it left running.
+tasks_in() {
+	local dir=$1 p
+	for p in /proc/[0-9]*; do
+		[ "$(readlink "$p/root" 2>/dev/null)" = "$dir" ] && echo "${p#/proc/}"
+	done
+	return 0
+}
+
+# start_ct W SCENARIO_DIR: builds the container; echoes its init's pid.
+start_ct() {
+	local w=$1 sdir=$2
+	mkdir -p "$w/root" "$w/img" "$w/work"
+	mount -t tmpfs ctroot "$w/root"
+	CT_BINDS=
+	W=$w
+	if [ -f "$sdir/host.sh" ]; then
+		# shellcheck disable=SC1091
+		. "$sdir/host.sh"
+	fi
+	CT_BINDS=$CT_BINDS unshare --mount --pid --fork --propagation unchanged \
+		setsid bash "$here/lib/ct-init.sh" "$w/root" "$sdir/scenario.sh" </dev/null >"$w/ct.out" 2>&1 &
+	local upid=$! i
+	for i in $(seq 200); do
+		[ -e "$w/root/.ready" ] && break
+		sleep 0.05
+	done
+	[ -e "$w/root/.ready" ] || { cat "$w/ct.out" >&2; return 1; }
+	cut -d' ' -f1 "/proc/$upid/task/$upid/children"
+}
+
+# restore W MODE WITH [extra criu args]: sets cell and rpid.
+restore() {
+	local w=$1 mode=$2 with=$3
+	shift 3
+	local args=(restore -d -D "$w/img" -W "$w/work" --root "$w/root" --ext-mount-map auto
+		--pidfile "$w/work/pid" -o "restore-$mode-$with.log" -v4)
+	[ "$mode" = compat ] && args+=(--mntns-compat-mode)
+	[ "$with" = mntv2 ] && args+=(--action-script "$MNTV2")
+	rm -f "$w/work/pid"
+	rpid=
+	if ! { "$CRIU" "${args[@]}" "$@" >/dev/null 2>&1; } 2>/dev/null; then
+		cell=fails
+		return
+	fi
+	rpid=$(cat "$w/work/pid")
+	"$MNTV2" show --tree "$rpid" --canonical >"$w/after-$mode-$with.txt" 2>&1 || true
+	if diff -q "$w/before.txt" "$w/after-$mode-$with.txt" >/dev/null; then
+		cell=identical
+	else
+		cell="wrong($("$MNTV2" verify --images "$w/img" --tree "$rpid" 2>/dev/null | grep -vc '^differ\|^identical' || true))"
+	fi
+	# A scenario's own check (check.sh) of what the comparison cannot see.
+	check_failed=
+	if [ -f "$sdir/check.sh" ]; then
+		W=$w
+		# shellcheck disable=SC1091
+		. "$sdir/check.sh"
+		[ -z "$check_failed" ] || { cell="wrong(check)"; note "$name ($mode, $with): $check_failed"; }
+	fi
+	# verify --tree against the images must agree with the comparison.
+	if ! "$MNTV2" verify --images "$w/img" --tree "$rpid" >"$w/verify-$mode-$with.txt" 2>&1; then
+		[ "$cell" != identical ] || cell="wrong(verify)"
+	fi
+}
+
+printf '%-34s %-14s %-14s %-14s %-14s\n' scenario "criu/v2" "criu+mntv2/v2" "criu/compat" "criu+mntv2/compat"
+for sdir in "$@"; do
+	sdir=${sdir%/}
+	name=$(basename "$sdir")
+	w=$scratch/$name
+	mkdir -p "$w"
+	if ! ct=$(start_ct "$w" "$sdir"); then
+		fail "$name: the container did not start"
+		continue
+	fi
+	"$MNTV2" show --tree "$ct" --canonical >"$w/before.txt"
+	if ! "$CRIU" dump -t "$ct" -D "$w/img" -W "$w/work" -o dump.log -v4 --ext-mount-map auto \
+		--enable-external-sharing --enable-external-masters >/dev/null 2>&1; then
+		fail "$name: criu dump failed: $(firsterr "$w/work/dump.log")"
+		kill_tree "$ct"
+		continue
+	fi
+	sum=$(digest "$w/img")
+	declare -A cells=()
+	for mode in v2 compat; do
+		for with in alone mntv2; do
+			restore "$w" "$mode" "$with"
+			kill_tree "$rpid"
+			if [ "$(digest "$w/img")" != "$sum" ]; then
+				cell="$cell,images-changed!"
+				fail "$name ($mode, $with): the images directory changed"
+			fi
+			if [ "$with" = mntv2 ] && [ "$cell" != identical ]; then
+				fail "$name ($mode, CRIU + mntv2): $cell; see $w"
+			fi
+			cells[$mode-$with]=$cell
+		done
+	done
+	printf '%-34s %-14s %-14s %-14s %-14s\n' "$name" "${cells[v2-alone]}" "${cells[v2-mntv2]}" "${cells[compat-alone]}" "${cells[compat-mntv2]}"
+	rows+=("{\"scenario\":\"$name\",\"criu_v2\":\"${cells[v2-alone]}\",\"mntv2_v2\":\"${cells[v2-mntv2]}\",\"criu_compat\":\"${cells[compat-alone]}\",\"mntv2_compat\":\"${cells[compat-mntv2]}\"}")
+	unset cells
+done
+
+if [ -n "${E2E_JSON:-}" ]; then
+	(IFS=,; echo "[${rows[*]}]") >"$E2E_JSON"
+fi
+
+# The failure paths, on fixture 01 (and 02 for the RPC path).
+fx=$top/testdata/criu-4.2
+f01=$scratch/01-seed-reverse-order
+if [ -d "$f01/img" ]; then
+	sdir=$fx/01-seed-reverse-order name=01-seed-reverse-order
+	sum=$(digest "$f01/img")
+
+	# 1. post-restore cannot apply sharing: CRIU aborts, nothing survives.
+	MNTV2_FAIL_SYSCALL=3 restore "$f01" v2 mntv2
+	left=$(tasks_in "$f01/root")
+	if [ "$cell" = fails ] && [ -z "$left" ] && [ "$(digest "$f01/img")" = "$sum" ]; then
+		echo "injected failure in post-restore: CRIU aborted, no task left, images identical: ok"
+	else
+		fail "injected failure: cell=$cell tasks left=[$left] images $(digest "$f01/img") vs $sum"
+		for p in $left; do kill_tree "$p"; done
+	fi
+
+	# 2. kill -9 of CRIU between pre-restore and post-restore.
+	rm -f "$f01/work/init.pid"
+	MNTV2_KILL_AT=setup-namespaces E2E_PIDFILE=$f01/work/init.pid \
+		restore "$f01" v2 killer --action-script "$here/lib/kill-criu-hook.sh"
+	[ -s "$f01/work/init.pid" ] && kill_tree "$(cat "$f01/work/init.pid")"
+	for p in $(tasks_in "$f01/root"); do kill_tree "$p"; done
+	for _ in $(seq 100); do
+		[ -e "$f01/img/mntv2-manifest.json" ] || break
+		sleep 0.05
+	done
+	if [ "$cell" = fails ] && [ "$(digest "$f01/img")" = "$sum" ]; then
+		restore "$f01" v2 mntv2
+		kill_tree "$rpid"
+		if [ "$cell" = identical ]; then
+			echo "kill -9 of CRIU after pre-restore: the watcher put the images back, the next restore is identical: ok"
+		else
+			fail "restore after kill -9: $cell"
+		fi
+	else
+		fail "kill -9 of CRIU: cell=$cell, images $(digest "$f01/img") vs $sum"
+		"$MNTV2" criu-images restore "$f01/img" >/dev/null || true
+	fi
+
+	# 3. a read-only images directory: pre-restore refuses, nothing changes.
+	mount --bind "$f01/img" "$f01/img"
+	mount -o remount,bind,ro "$f01/img"
+	restore "$f01" v2 mntv2
+	umount "$f01/img"
+	if [ "$cell" = fails ] && grep -q "not writable" "$f01/work/restore-v2-mntv2.log" && [ -z "$(tasks_in "$f01/root")" ] &&
+		[ "$(digest "$f01/img")" = "$sum" ]; then
+		echo "read-only images directory: pre-restore refused with a clear message, images identical: ok"
+	else
+		fail "read-only images: cell=$cell"
+	fi
+
+	# 4. go-criu RPC (criu swrk) with mntv2's Notify.
+	rpc=$scratch/rpc-restore
+	(cd "$top" && go build -o "$rpc" ./hack/rpc-restore)
+	for name in 01-seed-reverse-order 02-peers-no-common-root 03-slaves-of-subdirs 06-nested-mntns-peers; do
+		w=$scratch/$name
+		[ -d "$w/img" ] || continue
+		for mode in v2 compat; do
+			compat=
+			[ "$mode" = compat ] && compat=--compat
+			rm -f "$w/work/pid"
+			cell=fails
+			if "$rpc" --criu "$CRIU" --images "$w/img" --root "$w/root" --work "$w/work" --pidfile "$w/work/pid" $compat \
+				>"$w/work/rpc-$mode.out" 2>&1; then
+				rpid=$(cat "$w/work/pid")
+				"$MNTV2" show --tree "$rpid" --canonical >"$w/after-rpc.txt" 2>&1 || true
+				if diff -q "$w/before.txt" "$w/after-rpc.txt" >/dev/null && "$MNTV2" verify --images "$w/img" --tree "$rpid" >/dev/null; then
+					cell=identical
+				else
+					cell=wrong
+				fi
+				kill_tree "$rpid"
+			fi
+			printf 'go-criu RPC + mntv2 Notify  %-30s %-7s %s\n' "$name" "$mode" "$cell"
+			[ "$cell" = identical ] || fail "RPC $name $mode: $cell; see $w/work/rpc-$mode.out"
+		done
+	done
+fi
+
+if [ "$failures" -gt 0 ]; then
+	echo "e2e: $failures failures (scratch kept in $scratch)"
+	exit 1
+fi
+echo "e2e: all passed"

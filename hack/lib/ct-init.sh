@@ -1,0 +1,49 @@
+#!/bin/bash
+# The init of an e2e test container, run as pid 1 of a new pid and mount
+# namespace (see ../e2e-criu.sh): builds the fixtures' container layout in
+# ROOT (a tmpfs mounted by the caller), pivots into it, runs the scenario,
+# then sleeps until killed or dumped.
+#
+# usage: ct-init.sh ROOT SCENARIO
+set -eu
+root=$1 scenario=$2
+
+# The host directories the fixtures bind in: CRIU dumps them as external
+# mounts (--ext-mount-map auto).
+for d in bin lib lib64 usr etc sbin; do
+	[ -e "/$d" ] || continue
+	mkdir -p "$root/$d"
+	mount --bind "/$d" "$root/$d"
+done
+# Extra host mounts a scenario asks for (its host.sh sets CT_BINDS to
+# "HOSTPATH:CTPATH ..."): binds of the host's shared mounts, for external
+# sharing and external masters.
+for b in ${CT_BINDS:-}; do
+	mkdir -p "$root${b#*:}"
+	mount --bind "${b%%:*}" "$root${b#*:}"
+done
+mkdir -p "$root/proc" "$root/dev" "$root/tmp"
+mount -t tmpfs dev "$root/dev"
+touch "$root/dev/null"
+mount --bind /dev/null "$root/dev/null"
+mount -t tmpfs tmp "$root/tmp"
+cp "$scenario" "$root/.scenario.sh"
+
+cd "$root"
+mkdir -p .old
+pivot_root . .old
+mount -t proc proc /proc
+umount -l /.old
+rmdir /.old
+
+# Nothing open outside the container: CRIU dumps every fd.
+exec </dev/null >/dev/null 2>&1
+for fd in /proc/$$/fd/*; do
+	fd=${fd##*/}
+	[ "$fd" -gt 2 ] && eval "exec $fd>&-" || true
+done
+cd /tmp
+bash /.scenario.sh >/scenario.log 2>&1 || echo "scenario failed: $?" >>/scenario.log
+cd /
+touch /.ready
+exec sleep 1000000

@@ -1,0 +1,176 @@
+package plugin
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/mntv2/mntv2/forest"
+	"github.com/mntv2/mntv2/images"
+	"github.com/mntv2/mntv2/restore"
+)
+
+// Config are the settings of the hook.
+type Config struct {
+	Log *slog.Logger
+	// Lenient only logs a namespace that differs from the images after
+	// sharing was applied, instead of aborting the restore.
+	Lenient bool
+	// FailSyscall makes the N-th mount syscall of post-restore fail: for
+	// tests of the abort path only.
+	FailSyscall int
+}
+
+// Report says what post-restore did.
+type Report struct {
+	Namespaces int            `json:"namespaces"`
+	Mounts     int            `json:"mounts"`
+	Steps      int            `json:"steps"`
+	Helpers    int            `json:"helpers"`
+	Result     restore.Result `json:"result"`
+	Seconds    float64        `json:"seconds"`
+}
+
+// PostRestore finishes a restore of the images in d whose root task is
+// root (restored, stopped): it puts the original images back, then applies
+// and verifies the sharing of every restored mount namespace.
+func PostRestore(d *images.Dir, root int, cfg Config) (*Report, error) {
+	start := time.Now()
+	log := cfg.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	man, merr := ReadManifest(d)
+	if _, err := Recover(d); err != nil {
+		return nil, fmt.Errorf("put the original images back: %w", err)
+	}
+	if merr != nil {
+		return nil, merr
+	}
+	if man == nil {
+		log.Warn("no rewrite of the images was recorded (pre-restore did not run or found no sharing): only verifying")
+	}
+	input, err := forest.ImageNamespaces(d)
+	if err != nil {
+		return nil, err
+	}
+	original, err := forest.Build(input)
+	if err != nil {
+		return nil, fmt.Errorf("images %s: %w", d.Path(), err)
+	}
+	// What CRIU restored: the images plus the helper mounts.
+	withHelpers := original
+	if man != nil && len(man.Helpers) > 0 {
+		for _, h := range man.Helpers {
+			for i := range input {
+				if input[i].ID == h.NS {
+					input[i].Mounts = append(input[i].Mounts, h.Mount)
+				}
+			}
+		}
+		if withHelpers, err = forest.Build(input); err != nil {
+			return nil, fmt.Errorf("images with mntv2's helper mounts: %w", err)
+		}
+	}
+	nsPaths, err := RestoredNamespaces(d, root)
+	if err != nil {
+		return nil, err
+	}
+	live := map[uint32]*restore.LiveNamespace{}
+	for _, ns := range withHelpers.Namespaces {
+		tree, err := readLive(nsPaths[ns.ID], ns.ID)
+		if err != nil {
+			return nil, err
+		}
+		lns := tree.Namespaces[0]
+		m := forest.Match(ns, lns)
+		var bad []string
+		for _, e := range m.Missing {
+			bad = append(bad, fmt.Sprintf("mount %d (%s) was not restored", e.ID, e.Mountpoint))
+		}
+		for _, f := range m.Extra {
+			bad = append(bad, fmt.Sprintf("unexpected mount %d at %s (%s)", f.ID, f.Mountpoint, f.FSType))
+		}
+		if len(bad) > 0 {
+			return nil, fmt.Errorf("namespace %d as CRIU restored it does not match the images: %s", ns.ID, strings.Join(bad, "; "))
+		}
+		ln := &restore.LiveNamespace{NSPath: nsPaths[ns.ID], Tree: lns, Mounts: make(map[uint32]*forest.Mount, len(m.Pairs))}
+		for e, f := range m.Pairs {
+			ln.Mounts[e.ID] = f
+		}
+		live[ns.ID] = ln
+	}
+	hostGroups, err := hostGroups()
+	if err != nil {
+		return nil, err
+	}
+	plan, err := restore.NewLivePlan(restore.Input{Forest: withHelpers,
+		Live: &restore.LiveInput{Helpers: man.helperSet(), HostGroups: hostGroups}})
+	if err != nil {
+		return nil, err
+	}
+	res, err := restore.Apply(plan, restore.Options{Live: live, Log: log, FailSyscall: cfg.FailSyscall})
+	if err != nil {
+		return nil, fmt.Errorf("apply sharing: %w", err)
+	}
+	rep := &Report{Namespaces: len(live), Mounts: original.Len(), Steps: len(plan.Steps), Helpers: plan.Helpers, Result: *res}
+	// Verify every namespace against the original images.
+	var found []forest.NamespaceMounts
+	for _, ns := range original.Namespaces {
+		tree, err := forest.ReadNamespaceFile(nsPaths[ns.ID], ns.ID)
+		if err != nil {
+			return nil, err
+		}
+		found = append(found, tree)
+	}
+	ff, err := forest.Build(found)
+	if err != nil {
+		return nil, fmt.Errorf("restored namespaces: %w", err)
+	}
+	if diffs := forest.Compare(original, ff); len(diffs) > 0 {
+		var lines []string
+		for _, d := range diffs {
+			lines = append(lines, d.String())
+		}
+		err := fmt.Errorf("the restored mounts differ from the images in %d ways:\n%s", len(diffs), strings.Join(lines, "\n"))
+		if !cfg.Lenient {
+			return rep, err
+		}
+		log.Warn("restored mounts differ (lenient: not aborting)", "err", err)
+	}
+	rep.Seconds = time.Since(start).Seconds()
+	log.Info("mount sharing restored and verified", "namespaces", rep.Namespaces, "mounts", rep.Mounts,
+		"steps", rep.Steps, "helpers", rep.Helpers, "syscalls", res.Syscalls, "seconds", rep.Seconds)
+	return rep, nil
+}
+
+func readLive(nsPath string, id uint32) (*forest.Forest, error) {
+	nm, err := forest.ReadNamespaceFile(nsPath, id)
+	if err != nil {
+		return nil, err
+	}
+	f, err := forest.Build([]forest.NamespaceMounts{nm})
+	if err != nil {
+		return nil, fmt.Errorf("restored namespace %d: %w", id, err)
+	}
+	return f, nil
+}
+
+// hostGroups maps each peer group of this process's mount namespace (the
+// one CRIU restores from) to a mountpoint of one of its mounts.
+func hostGroups() (map[uint32]string, error) {
+	nm, err := forest.ReadPID(os.Getpid(), 0)
+	if err != nil {
+		return nil, err
+	}
+	groups := map[uint32]string{}
+	for _, m := range nm.Mounts {
+		if _, ok := groups[m.PeerGroup]; m.PeerGroup != 0 && !ok {
+			groups[m.PeerGroup] = m.Mountpoint
+		}
+	}
+	return groups, nil
+}
+

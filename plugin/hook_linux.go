@@ -1,0 +1,160 @@
+package plugin
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/mntv2/mntv2/images"
+)
+
+// Environment of the hook. CRIU sets the CRTOOLS_* ones; the MNTV2_* ones
+// are mntv2's settings, read from the environment, else from ConfigFile.
+const (
+	EnvAction   = "CRTOOLS_SCRIPT_ACTION"
+	EnvImageDir = "CRTOOLS_IMAGE_DIR"
+	EnvInitPID  = "CRTOOLS_INIT_PID"
+
+	EnvLog         = "MNTV2_LOG"          // append the log here too (the watcher's only log)
+	EnvLogLevel    = "MNTV2_LOG_LEVEL"    // debug, info, warn, error (default info)
+	EnvLenient     = "MNTV2_LENIENT"      // 1: a namespace that differs after post-restore only logs
+	EnvDisable     = "MNTV2_DISABLE"      // 1: every action exits 0 at once
+	EnvFailSyscall = "MNTV2_FAIL_SYSCALL" // N: fail the N-th mount syscall of post-restore (tests)
+)
+
+// ConfigFile holds MNTV2_* settings as KEY=VALUE lines, for CRIU runs whose
+// environment mntv2 cannot set (runc, podman, CRI-O): the environment wins.
+var ConfigFile = "/etc/mntv2/criu-hook.conf"
+
+// Settings are the hook's settings, resolved.
+type Settings struct {
+	Config
+	LogFile  string
+	LogLevel slog.Level
+	Disabled bool
+}
+
+// LoadSettings reads the settings from getenv, then from ConfigFile.
+func LoadSettings(getenv func(string) string) (Settings, error) {
+	file := map[string]string{}
+	if f, err := os.Open(ConfigFile); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			line := strings.TrimSpace(sc.Text())
+			if line == "" || strings.HasPrefix(line, "#") {
+				continue
+			}
+			k, v, ok := strings.Cut(line, "=")
+			if !ok {
+				f.Close()
+				return Settings{}, fmt.Errorf("%s: %q is not KEY=VALUE", ConfigFile, line)
+			}
+			file[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		}
+		f.Close()
+	}
+	get := func(k string) string {
+		if v := getenv(k); v != "" {
+			return v
+		}
+		return file[k]
+	}
+	s := Settings{LogFile: get(EnvLog), LogLevel: slog.LevelInfo}
+	if v := get(EnvLogLevel); v != "" {
+		if err := s.LogLevel.UnmarshalText([]byte(v)); err != nil {
+			return s, fmt.Errorf("%s=%q: want debug, info, warn or error", EnvLogLevel, v)
+		}
+	}
+	s.Lenient = get(EnvLenient) == "1"
+	s.Disabled = get(EnvDisable) == "1"
+	if v := get(EnvFailSyscall); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return s, fmt.Errorf("%s=%q: want a number", EnvFailSyscall, v)
+		}
+		s.FailSyscall = n
+	}
+	return s, nil
+}
+
+// Logger logs to stderr (CRIU copies a script's output into its log) and,
+// with MNTV2_LOG, to that file too. close ends the file.
+func (s Settings) Logger(stderr io.Writer) (log *slog.Logger, close func()) {
+	w := stderr
+	close = func() {}
+	if s.LogFile != "" {
+		if f, err := os.OpenFile(s.LogFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err == nil {
+			w = io.MultiWriter(stderr, f)
+			close = func() { f.Close() }
+		}
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: s.LogLevel})).With("mntv2", os.Getpid()), close
+}
+
+// Hook runs one invocation of mntv2 as CRIU's action script. Only
+// pre-restore and post-restore do anything; a non-nil error must end the
+// script with a non-zero status, which aborts the restore.
+func Hook(getenv func(string) string, s Settings, log *slog.Logger) error {
+	action := getenv(EnvAction)
+	if s.Disabled || action != "pre-restore" && action != "post-restore" {
+		return nil
+	}
+	s.Log = log
+	dirPath := getenv(EnvImageDir)
+	if dirPath == "" {
+		return fmt.Errorf("%s: %s is not set", action, EnvImageDir)
+	}
+	d, err := images.Open(dirPath)
+	if err != nil {
+		return fmt.Errorf("%s: %w", action, err)
+	}
+	defer d.Close()
+	switch action {
+	case "pre-restore":
+		return PreRestore(d, os.Getppid(), s)
+	default:
+		pid, err := strconv.Atoi(getenv(EnvInitPID))
+		if err != nil || pid <= 0 {
+			return fmt.Errorf("post-restore: %s=%q is not a pid", EnvInitPID, getenv(EnvInitPID))
+		}
+		_, err = PostRestore(d, pid, s.Config)
+		if err != nil {
+			return fmt.Errorf("post-restore: %w", err)
+		}
+		return nil
+	}
+}
+
+// PreRestore rewrites the images for the CRIU process owner and starts a
+// watcher that puts the originals back if owner exits before post-restore.
+func PreRestore(d *images.Dir, owner int, s Settings) error {
+	log := s.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	man, err := Strip(d, owner, nil)
+	if err != nil {
+		return fmt.Errorf("pre-restore: images %s: %w", d.Path(), err)
+	}
+	if man == nil {
+		log.Info("pre-restore: no mount of the images has sharing; nothing to rewrite")
+		return nil
+	}
+	if err := StartWatcher(d, owner, man.Token, s.LogFile); err != nil {
+		return undo(d, fmt.Errorf("pre-restore: start the watcher that keeps the images safe: %w", err))
+	}
+	var names []string
+	for _, f := range man.Files {
+		names = append(names, f.Name)
+	}
+	log.Info("pre-restore: images rewritten without sharing", "files", strings.Join(names, ","),
+		"helpers", len(man.Helpers), "originals", backupPrefix+"*", "watching", owner)
+	return nil
+}
+
+var errWatcher = errors.New("watcher did not start")

@@ -1,0 +1,285 @@
+// Package plugin plugs mntv2 into a CRIU restore ("strip and reapply"):
+//
+//   - pre-restore: every mountpoints-*.img is rewritten without sharing
+//     (shared_id, master_id and the MS_SHARED/MS_SLAVE bits cleared), plus
+//     the helper mounts a live restore needs; the original bytes are kept
+//     crash-safely, so CRIU restores an all-private tree with any algorithm.
+//   - post-restore (tasks restored, still stopped): the originals come back,
+//     the restored namespaces are found through the restored tasks, their
+//     mounts matched to the images, and the engine's sharing phase applies
+//     peer groups, masters and unbindable; then each namespace is verified
+//     against the images. Any error makes CRIU abort the restore.
+//   - whatever happens, the images directory ends up holding its original
+//     files: post-restore puts them back first; a watcher started at
+//     pre-restore puts them back if CRIU exits without a post-restore; and
+//     every pre-restore, and `mntv2 criu-images restore DIR`, start by
+//     recovering a rewrite that was cut off.
+//
+// Hook runs the plugin as CRIU's --action-script; Notify is the same for
+// go-criu RPC users.
+package plugin
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"slices"
+	"strings"
+
+	"github.com/mntv2/mntv2/forest"
+	"github.com/mntv2/mntv2/images"
+	"github.com/mntv2/mntv2/restore"
+	"golang.org/x/sys/unix"
+)
+
+// Names mntv2 uses in an images directory.
+const (
+	ManifestName = "mntv2-manifest.json"
+	backupPrefix = "mntv2-orig-"
+	tempPrefix   = ".mntv2-tmp-"
+)
+
+// Manifest records a rewrite of an images directory. It is written before
+// any image changes and removed only after every original is back.
+type Manifest struct {
+	Version int    `json:"version"`
+	Token   string `json:"token"` // names this rewrite, for its watcher
+	Owner   int    `json:"owner"` // pid of the CRIU process it was made for
+	// Files are the rewritten images; each original is kept as
+	// mntv2-orig-<name> until it is renamed back.
+	Files []FileRecord `json:"files"`
+	// Helpers are the mounts added to the rewritten images.
+	Helpers []restore.HelperMount `json:"helpers,omitempty"`
+}
+
+// FileRecord is one rewritten image and the digest of its original bytes.
+type FileRecord struct {
+	Name   string `json:"name"`
+	SHA256 string `json:"sha256"`
+}
+
+// ErrReadOnly means the images directory cannot be written: the rewrite
+// (and so the restore) cannot go on without changing CRIU's behaviour.
+var ErrReadOnly = errors.New("images directory is not writable: mntv2 must rewrite mountpoints-*.img (the originals are kept) before CRIU reads them")
+
+// Strip rewrites the mountpoints images of d without sharing, keeping the
+// originals, for the CRIU process owner. It first recovers any earlier
+// rewrite, so running it twice, or after a crash, starts from the
+// originals. It returns nil when no image needs a change.
+func Strip(d *images.Dir, owner int, fail func(step string) error) (*Manifest, error) {
+	if fail == nil {
+		fail = func(string) error { return nil }
+	}
+	if _, err := Recover(d); err != nil {
+		return nil, err
+	}
+	f, err := forest.FromImages(d)
+	if err != nil {
+		return nil, err
+	}
+	helpers, err := restore.LiveHelpers(f)
+	if err != nil {
+		return nil, err
+	}
+	byNS := map[uint32][]images.Mount{}
+	for _, h := range helpers {
+		byNS[h.NS] = append(byNS[h.NS], forest.ToImageMount(&h.Mount))
+	}
+	ids, err := d.MountNamespaces()
+	if err != nil {
+		return nil, err
+	}
+	var rnd [16]byte
+	_, _ = rand.Read(rnd[:])
+	man := &Manifest{Version: 1, Token: hex.EncodeToString(rnd[:]), Owner: owner, Helpers: helpers}
+	rewritten := map[string][]byte{}
+	for _, id := range ids {
+		name := images.MountpointsFile(id)
+		orig, err := d.ReadAll(name)
+		if err != nil {
+			return nil, err
+		}
+		img, err := images.Parse(orig, name, images.Mountpoints, d.Limits)
+		if err != nil {
+			return nil, err
+		}
+		out, changed, err := img.StripSharing()
+		if err != nil {
+			return nil, err
+		}
+		if err := out.AppendMounts(byNS[id]); err != nil {
+			return nil, err
+		}
+		if changed == 0 && len(byNS[id]) == 0 {
+			continue
+		}
+		sum := sha256.Sum256(orig)
+		man.Files = append(man.Files, FileRecord{Name: name, SHA256: hex.EncodeToString(sum[:])})
+		rewritten[name] = out.Bytes()
+	}
+	if len(man.Files) == 0 {
+		return nil, nil
+	}
+	// 1. The manifest: from here on, Recover knows what to undo.
+	if err := fail("manifest"); err != nil {
+		return nil, err
+	}
+	data, _ := json.MarshalIndent(man, "", "  ")
+	if err := d.WriteFile(ManifestName, data, 0o600); err != nil {
+		if errors.Is(err, unix.EROFS) || errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
+			return nil, fmt.Errorf("%w: %v", ErrReadOnly, err)
+		}
+		return nil, err
+	}
+	// 2. Keep each original under a second name (a hard link: the same
+	// inode, no copy), then 3. replace the image.
+	for _, fr := range man.Files {
+		if err := fail("backup " + fr.Name); err != nil {
+			return man, err
+		}
+		if err := unix.Linkat(d.Fd(), fr.Name, d.Fd(), backupPrefix+fr.Name, 0); err != nil {
+			return man, undo(d, fmt.Errorf("keep original %s: %w", fr.Name, err))
+		}
+	}
+	if err := d.Sync(); err != nil {
+		return man, undo(d, err)
+	}
+	for _, fr := range man.Files {
+		if err := fail("rewrite " + fr.Name); err != nil {
+			return man, err
+		}
+		if err := d.WriteFile(fr.Name, rewritten[fr.Name], 0o600); err != nil {
+			return man, undo(d, fmt.Errorf("rewrite %s: %w", fr.Name, err))
+		}
+	}
+	return man, nil
+}
+
+// undo recovers after a failed rewrite and returns err (joined with a
+// recovery failure, if any).
+func undo(d *images.Dir, err error) error {
+	if _, rerr := Recover(d); rerr != nil {
+		return errors.Join(err, rerr)
+	}
+	return err
+}
+
+// ReadManifest reads the manifest of d; nil when there is none.
+func ReadManifest(d *images.Dir) (*Manifest, error) {
+	if !d.Exists(ManifestName) {
+		return nil, nil
+	}
+	data, err := d.ReadAll(ManifestName)
+	if err != nil {
+		return nil, err
+	}
+	var m Manifest
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("%s: %w", ManifestName, err)
+	}
+	return &m, nil
+}
+
+// Recover puts back every original an interrupted or finished rewrite
+// kept, checks their digests, removes mntv2's temporary files and the
+// manifest, and says whether there was anything to recover. It is
+// idempotent and safe to run at any point of a crash.
+func Recover(d *images.Dir) (bool, error) {
+	names, err := d.Names()
+	if err != nil {
+		return false, err
+	}
+	man, merr := ReadManifest(d)
+	slices.Sort(names)
+	found := false
+	var errs []error
+	for _, n := range names {
+		orig, ok := strings.CutPrefix(n, backupPrefix)
+		if !ok {
+			continue
+		}
+		found = true
+		if sameFile(d, n, orig) {
+			// Killed after the link, before the rewrite: both names are the
+			// original (and rename between two links of one inode does
+			// nothing), so drop the second name.
+			if err := d.Remove(n); err != nil {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		if err := unix.Renameat(d.Fd(), n, d.Fd(), orig); err != nil {
+			errs = append(errs, fmt.Errorf("put back %s: %w", orig, err))
+		}
+	}
+	for _, n := range names {
+		if strings.HasPrefix(n, tempPrefix) {
+			found = true
+			if err := d.Remove(n); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return found, errors.Join(errs...)
+	}
+	if err := d.Sync(); err != nil {
+		return found, err
+	}
+	if man != nil {
+		for _, fr := range man.Files {
+			if err := checkDigest(d, fr); err != nil {
+				return true, err
+			}
+		}
+	}
+	if merr != nil || man != nil || d.Exists(ManifestName) {
+		found = true
+		if err := d.Remove(ManifestName); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return true, err
+		}
+		if err := d.Sync(); err != nil {
+			return true, err
+		}
+	}
+	return found, nil
+}
+
+// sameFile says whether names a and b of d are links of one inode.
+func sameFile(d *images.Dir, a, b string) bool {
+	var sa, sb unix.Stat_t
+	if unix.Fstatat(d.Fd(), a, &sa, unix.AT_SYMLINK_NOFOLLOW) != nil || unix.Fstatat(d.Fd(), b, &sb, unix.AT_SYMLINK_NOFOLLOW) != nil {
+		return false
+	}
+	return sa.Dev == sb.Dev && sa.Ino == sb.Ino
+}
+
+func checkDigest(d *images.Dir, fr FileRecord) error {
+	data, err := d.ReadAll(fr.Name)
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(data)
+	if want, _ := hex.DecodeString(fr.SHA256); !bytes.Equal(sum[:], want) {
+		return fmt.Errorf("%s: after recovery its sha256 is %x, the original's was %s", fr.Name, sum, fr.SHA256)
+	}
+	return nil
+}
+
+// Helpers is the set of helper mounts of a manifest.
+func (m *Manifest) helperSet() map[restore.MountRef]bool {
+	set := map[restore.MountRef]bool{}
+	if m == nil {
+		return set
+	}
+	for _, h := range m.Helpers {
+		set[restore.MountRef{NS: h.NS, Mount: h.Mount.ID}] = true
+	}
+	return set
+}
+

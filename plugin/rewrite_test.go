@@ -1,0 +1,287 @@
+package plugin
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mntv2/mntv2/forest"
+	"github.com/mntv2/mntv2/images"
+	"github.com/mntv2/mntv2/internal/testns"
+	"golang.org/x/sys/unix"
+)
+
+const fixtures = "../testdata/criu-4.2"
+
+// copyImages copies a fixture's images into a new temporary directory.
+func copyImages(t *testing.T, fixture string) string {
+	t.Helper()
+	src := filepath.Join(fixtures, fixture, "images")
+	dst := t.TempDir()
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dst
+}
+
+// snapshot maps every file of dir to the digest of its bytes.
+func snapshot(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(b)
+		out[e.Name()] = hex.EncodeToString(sum[:])
+	}
+	return out
+}
+
+func sameSnapshot(t *testing.T, what string, want, got map[string]string) {
+	t.Helper()
+	for n, d := range want {
+		if got[n] != d {
+			t.Errorf("%s: %s differs from the original (or is missing)", what, n)
+		}
+	}
+	for n := range got {
+		if _, ok := want[n]; !ok {
+			t.Errorf("%s: %s was left in the images directory", what, n)
+		}
+	}
+}
+
+func openDir(t *testing.T, dir string) *images.Dir {
+	t.Helper()
+	d, err := images.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+func TestStripAndRecover(t *testing.T) {
+	dir := copyImages(t, "06-nested-mntns-peers")
+	orig := snapshot(t, dir)
+	d := openDir(t, dir)
+	man, err := Strip(d, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if man == nil || len(man.Files) != 2 {
+		t.Fatalf("manifest %+v: want both mountpoints images rewritten", man)
+	}
+	// CRIU now reads an all-private forest with the same trees.
+	f, err := forest.FromImages(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := f.Groups(); len(g) != 0 {
+		t.Errorf("rewritten images still have %d sharing groups", len(g))
+	}
+	if got := f.Len(); got != 31 {
+		t.Errorf("rewritten images have %d mounts, want 31", got)
+	}
+	for _, fr := range man.Files {
+		if snapshot(t, dir)[backupPrefix+fr.Name] != orig[fr.Name] {
+			t.Errorf("the kept original of %s is not its original bytes", fr.Name)
+		}
+	}
+	if _, err := ReadManifest(d); err != nil {
+		t.Fatal(err)
+	}
+	found, err := Recover(d)
+	if err != nil || !found {
+		t.Fatalf("Recover = %v, %v; want true, nil", found, err)
+	}
+	sameSnapshot(t, "after Recover", orig, snapshot(t, dir))
+	// Idempotent.
+	if found, err := Recover(d); err != nil || found {
+		t.Fatalf("second Recover = %v, %v; want false, nil", found, err)
+	}
+}
+
+func TestStripTwiceStartsFromOriginals(t *testing.T) {
+	dir := copyImages(t, "01-seed-reverse-order")
+	orig := snapshot(t, dir)
+	d := openDir(t, dir)
+	if _, err := Strip(d, 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	once := snapshot(t, dir)
+	if _, err := Strip(d, 2, nil); err != nil {
+		t.Fatal(err)
+	}
+	twice := snapshot(t, dir)
+	name := images.MountpointsFile(10)
+	if twice[backupPrefix+name] != orig[name] || twice[name] != once[name] {
+		t.Errorf("a second pre-restore did not start from the originals")
+	}
+	if _, err := Recover(d); err != nil {
+		t.Fatal(err)
+	}
+	sameSnapshot(t, "after two rewrites and Recover", orig, snapshot(t, dir))
+}
+
+func TestStripNothingToDo(t *testing.T) {
+	dir := copyImages(t, "05-overmounts")
+	orig := snapshot(t, dir)
+	man, err := Strip(openDir(t, dir), 1, nil)
+	if err != nil || man != nil {
+		t.Fatalf("Strip of images without sharing = %+v, %v; want nil, nil", man, err)
+	}
+	sameSnapshot(t, "untouched", orig, snapshot(t, dir))
+}
+
+// A crash at any point of the rewrite (the process killed: nothing after
+// that point runs) leaves a directory Recover makes byte-identical again,
+// and a following Strip works.
+func TestStripCrashAtEveryStep(t *testing.T) {
+	var steps []string
+	probe := copyImages(t, "06-nested-mntns-peers")
+	if _, err := Strip(openDir(t, probe), 1, func(s string) error { steps = append(steps, s); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(steps) != 5 { // manifest, 2 backups, 2 rewrites
+		t.Fatalf("steps %v", steps)
+	}
+	crash := errors.New("killed")
+	for k := range steps {
+		for _, leftover := range []bool{false, true} {
+			dir := copyImages(t, "06-nested-mntns-peers")
+			orig := snapshot(t, dir)
+			d := openDir(t, dir)
+			i := 0
+			_, err := Strip(d, 1, func(string) error {
+				i++
+				if i > k {
+					return crash
+				}
+				return nil
+			})
+			if !errors.Is(err, crash) {
+				t.Fatalf("crash at %s: %v", steps[k], err)
+			}
+			if leftover {
+				// Killed inside a crash-safe write: its temporary file stays.
+				tmp := filepath.Join(dir, tempPrefix+"0123-"+images.MountpointsFile(10))
+				if err := os.WriteFile(tmp, []byte("partial"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := Recover(d); err != nil {
+				t.Fatalf("crash at %s: Recover: %v", steps[k], err)
+			}
+			sameSnapshot(t, "crash at "+steps[k], orig, snapshot(t, dir))
+			if _, err := Strip(d, 1, nil); err != nil {
+				t.Fatalf("crash at %s: the next Strip: %v", steps[k], err)
+			}
+			if _, err := Recover(d); err != nil {
+				t.Fatal(err)
+			}
+			sameSnapshot(t, "crash at "+steps[k]+", then a full rewrite", orig, snapshot(t, dir))
+		}
+	}
+}
+
+// A corrupt manifest does not stop recovery: the kept originals go back.
+func TestRecoverCorruptManifest(t *testing.T) {
+	dir := copyImages(t, "01-seed-reverse-order")
+	orig := snapshot(t, dir)
+	d := openDir(t, dir)
+	if _, err := Strip(d, 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, ManifestName), []byte("{garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Recover(d); err != nil {
+		t.Fatal(err)
+	}
+	sameSnapshot(t, "after Recover with a corrupt manifest", orig, snapshot(t, dir))
+}
+
+func TestStripReadOnlyDir(t *testing.T) {
+	if !testns.Isolate(t) {
+		return
+	}
+	dir := copyImages(t, "01-seed-reverse-order")
+	orig := snapshot(t, dir)
+	if err := unix.Mount(dir, dir, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(dir, 0) })
+	if err := unix.Mount("", dir, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, ""); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Strip(openDir(t, dir), 1, nil)
+	if !errors.Is(err, ErrReadOnly) || !strings.Contains(err.Error(), "not writable") {
+		t.Fatalf("Strip on a read-only directory: %v; want ErrReadOnly", err)
+	}
+	sameSnapshot(t, "read-only", orig, snapshot(t, dir))
+}
+
+// The watcher puts the originals back when the owner (CRIU) dies before
+// post-restore, and leaves a newer rewrite alone.
+func TestWatcherRecoversWhenOwnerDies(t *testing.T) {
+	dir := copyImages(t, "02-peers-no-common-root")
+	orig := snapshot(t, dir)
+	d := openDir(t, dir)
+	owner := exec.Command("sleep", "60")
+	if err := owner.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = owner.Process.Kill(); _ = owner.Wait() }()
+	man, err := Strip(d, owner.Process.Pid, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := StartWatcher(d, owner.Process.Pid, man.Token, ""); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if !slices.Contains(keys(snapshot(t, dir)), ManifestName) {
+		t.Fatal("the watcher recovered while the owner was alive")
+	}
+	if err := owner.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = owner.Wait()
+	deadline := time.Now().Add(10 * time.Second)
+	for d.Exists(ManifestName) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	sameSnapshot(t, "after the owner died", orig, snapshot(t, dir))
+}
+
+func keys(m map[string]string) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}

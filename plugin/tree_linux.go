@@ -1,0 +1,148 @@
+package plugin
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/mntv2/mntv2/images"
+	"golang.org/x/sys/unix"
+)
+
+// Task is a live process of a restored tree.
+type Task struct {
+	PID  int // in this pid namespace (for /proc)
+	VPID int // in the tree's own pid namespace: the images' pid
+}
+
+// TreeTasks lists a live process tree from its root: the root, then its
+// children (of every thread), recursively. VPID is the innermost pid.
+func TreeTasks(root int) ([]Task, error) {
+	var tasks []Task
+	seen := map[int]bool{}
+	queue := []int{root}
+	for len(queue) > 0 {
+		pid := queue[0]
+		queue = queue[1:]
+		if seen[pid] {
+			continue
+		}
+		seen[pid] = true
+		vpid, err := innermostPID(pid)
+		if err != nil {
+			if pid == root {
+				return nil, err
+			}
+			continue // gone meanwhile
+		}
+		tasks = append(tasks, Task{PID: pid, VPID: vpid})
+		threads, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+		for _, t := range threads {
+			b, err := os.ReadFile(t)
+			if err != nil {
+				continue
+			}
+			for _, f := range strings.Fields(string(b)) {
+				if c, err := strconv.Atoi(f); err == nil {
+					queue = append(queue, c)
+				}
+			}
+		}
+	}
+	return tasks, nil
+}
+
+// innermostPID reads the last NSpid of /proc/PID/status.
+func innermostPID(pid int) (int, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "NSpid:"); ok {
+			fields := strings.Fields(rest)
+			if len(fields) == 0 {
+				break
+			}
+			return strconv.Atoi(fields[len(fields)-1])
+		}
+	}
+	return pid, sc.Err()
+}
+
+// RestoredNamespaces finds, for every mount namespace of the images, the
+// nsfs file of a live task of the tree rooted at root that is in it:
+// pstree and ids-<pid>.img say which task is in which namespace.
+func RestoredNamespaces(d *images.Dir, root int) (map[uint32]string, error) {
+	tasks, err := TreeTasks(root)
+	if err != nil {
+		return nil, fmt.Errorf("restored tree at pid %d: %w", root, err)
+	}
+	byVPID := make(map[int]int, len(tasks))
+	for _, t := range tasks {
+		byVPID[t.VPID] = t.PID
+	}
+	pstree, err := d.Tasks()
+	if err != nil {
+		return nil, err
+	}
+	nsIDs, err := d.MountNamespaces()
+	if err != nil {
+		return nil, err
+	}
+	found := map[uint32]string{}
+	for _, t := range pstree {
+		ids, err := d.TaskIDs(t.Pid)
+		if err != nil {
+			continue // helpers and zombies have no ids image
+		}
+		if _, done := found[ids.MntNS]; done || ids.MntNS == 0 {
+			continue
+		}
+		if pid, ok := byVPID[int(t.Pid)]; ok {
+			found[ids.MntNS] = fmt.Sprintf("/proc/%d/ns/mnt", pid)
+		}
+	}
+	var missing []string
+	for _, id := range nsIDs {
+		if _, ok := found[id]; !ok {
+			missing = append(missing, strconv.FormatUint(uint64(id), 10))
+		}
+	}
+	if len(missing) > 0 {
+		return found, fmt.Errorf("mount namespaces %s of the images: no live task of the tree at pid %d is in them", strings.Join(missing, ", "), root)
+	}
+	return found, nil
+}
+
+// TreeNamespaceFiles lists the distinct mount namespaces of a live process
+// tree, as /proc/PID/ns/mnt files, ordered by the smallest pid (in the
+// tree's pid namespace) of a task in each: the same order for a tree and
+// its restore.
+func TreeNamespaceFiles(root int) ([]string, error) {
+	tasks, err := TreeTasks(root)
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(tasks, func(a, b Task) int { return a.VPID - b.VPID })
+	seen := map[uint64]bool{}
+	var files []string
+	for _, t := range tasks {
+		p := fmt.Sprintf("/proc/%d/ns/mnt", t.PID)
+		var st unix.Stat_t
+		if err := unix.Stat(p, &st); err != nil {
+			continue
+		}
+		if !seen[st.Ino] {
+			seen[st.Ino] = true
+			files = append(files, p)
+		}
+	}
+	return files, nil
+}

@@ -1,0 +1,131 @@
+package plugin
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/mntv2/mntv2/images"
+	"golang.org/x/sys/unix"
+)
+
+// The watcher is this same executable run again with envWatcher set to
+// "OWNER TOKEN" (the images directory is its fd 3, the "armed" pipe its fd
+// 4): the package's init runs it and exits, before main. So any program
+// that links the plugin (mntv2, or a Go program using Notify) is its own
+// watcher, with nothing else to install.
+const envWatcher = "_MNTV2_WATCHER"
+
+func init() {
+	v, ok := os.LookupEnv(envWatcher)
+	if !ok {
+		return
+	}
+	os.Exit(watcherMain(v))
+}
+
+func watcherMain(v string) int {
+	owner, token, _ := strings.Cut(v, " ")
+	pid, err := strconv.Atoi(owner)
+	s, _ := LoadSettings(os.Getenv)
+	log, closeLog := s.Logger(io.Discard)
+	defer closeLog()
+	if err != nil || token == "" {
+		log.Error("watcher: bad "+envWatcher, "value", v)
+		return 2
+	}
+	if err := Watch(3, pid, token, os.NewFile(4, "armed"), log); err != nil {
+		return 1
+	}
+	return 0
+}
+
+// StartWatcher starts the watcher in its own session: it outlives this
+// process, waits for owner (CRIU) to exit, then puts the originals back if
+// the rewrite token made is still in place. It returns once the watcher
+// holds a pidfd of owner.
+func StartWatcher(d *images.Dir, owner int, token, logFile string) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	armedR, armedW, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer armedR.Close()
+	dir := os.NewFile(uintptr(d.Fd()), d.Path())
+	cmd := exec.Command(exe)
+	cmd.ExtraFiles = []*os.File{dir, armedW}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.Env = append(os.Environ(), envWatcher+"="+strconv.Itoa(owner)+" "+token)
+	if logFile != "" {
+		cmd.Env = append(cmd.Env, EnvLog+"="+logFile)
+	}
+	err = cmd.Start()
+	armedW.Close()
+	if err != nil {
+		return err
+	}
+	_ = cmd.Process.Release()
+	// The watcher writes one byte once armed, or exits (EOF) on failure.
+	done := make(chan error, 1)
+	go func() {
+		var b [1]byte
+		n, err := armedR.Read(b[:])
+		if n == 1 {
+			done <- nil
+			return
+		}
+		done <- fmt.Errorf("%w: %v", errWatcher, err)
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("%w in 10s", errWatcher)
+	}
+}
+
+// Watch is the watcher: dirFd is the images directory, armed is closed
+// once owner is watched. When owner exits, a rewrite with token still in
+// the directory is recovered.
+func Watch(dirFd int, owner int, token string, armed *os.File, log *slog.Logger) error {
+	d, err := images.FromFile(os.NewFile(uintptr(dirFd), "images"))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	pidfd, err := unix.PidfdOpen(owner, 0)
+	if err == nil {
+		defer unix.Close(pidfd)
+		_, _ = armed.Write([]byte{1})
+		armed.Close()
+		fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+		for {
+			if _, err := unix.Poll(fds, -1); err != unix.EINTR {
+				break
+			}
+		}
+	} else {
+		// The owner is gone already.
+		armed.Close()
+	}
+	man, err := ReadManifest(d)
+	if err != nil || man == nil || man.Token != token {
+		return err // post-restore (or a newer pre-restore) took over
+	}
+	log.Warn("CRIU exited before post-restore: putting the original images back", "criu", owner, "images", d.Path())
+	if _, err := Recover(d); err != nil {
+		log.Error("recovering the original images failed: run mntv2 criu-images restore DIR", "err", err)
+		return err
+	}
+	log.Info("original images restored", "images", d.Path())
+	return nil
+}

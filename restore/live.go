@@ -1,0 +1,222 @@
+package restore
+
+import (
+	"fmt"
+
+	"github.com/mntv2/mntv2/forest"
+)
+
+// A live restore finishes a tree that someone else (CRIU, given images
+// stripped of sharing) has already restored, all private: it opens the
+// restored mounts that take part in sharing, then runs the same sharing
+// phase as a full restore, then unbindable. Nothing is created but helpers.
+//
+// Helpers cannot be bound from a live tree when no restored mount exposes
+// the root a group needs (fixture 02: peers /x and /y, no mount of /), so
+// LiveHelpers names them before the restore: extra mounts added to the
+// images, each stacked on a leaf mount of its group, which CRIU restores
+// with the rest. The live plan clones each one, detached, and unmounts it
+// before any sharing exists, so it never shows in the result.
+
+// LiveInput is what a live plan knows beyond the images.
+type LiveInput struct {
+	// Helpers are the mounts LiveHelpers added, by namespace and mount id.
+	Helpers map[MountRef]bool
+	// HostGroups maps a peer group id to the path, in the restorer's mount
+	// namespace, of a mount of that group: the host side of external
+	// sharing and of external masters.
+	HostGroups map[uint32]string
+}
+
+// MountRef names a mount of a forest.
+type MountRef struct {
+	NS    uint32 `json:"ns"`
+	Mount uint32 `json:"mount"`
+}
+
+// NewLivePlan plans the sharing of a tree restored without it: in.Forest
+// is the images' forest (with sharing) plus the helper mounts in
+// in.Live.Helpers.
+func NewLivePlan(in Input) (*Plan, error) {
+	if in.Live == nil {
+		in.Live = &LiveInput{}
+	}
+	p := newPlanner(in)
+	p.indexDevs()
+	for _, ns := range in.Forest.Namespaces {
+		p.plan.Namespaces = append(p.plan.Namespaces, ns.ID)
+	}
+	// Helpers first, while everything is private: nothing propagates.
+	_ = p.walk(func(m *forest.Mount) {
+		if !in.Live.Helpers[MountRef{m.NS.ID, m.ID}] {
+			return
+		}
+		h := p.h(m)
+		p.plan.Handles[h].Helper = true
+		s := step(OpUnstack)
+		s.NS, s.Mount, s.Handle = m.NS.ID, m.ID, h
+		s.Why = "helper mount added to the images: keep a detached clone, unmount it from the tree"
+		p.add(s)
+		p.plan.Helpers++
+	})
+	if err := p.sharing(); err != nil {
+		return nil, err
+	}
+	if err := p.hostMasters(); err != nil {
+		return nil, err
+	}
+	_ = p.walk(func(m *forest.Mount) {
+		if m.Unbindable {
+			s := step(OpMakeUnbindable)
+			s.NS, s.Mount, s.Handle, s.Why = m.NS.ID, m.ID, p.h(m), "unbindable in the images"
+			p.add(s)
+		}
+	})
+	for h, info := range p.plan.Handles {
+		s := step(OpDrop)
+		s.Handle, s.Why = Handle(h), "done with "+info.What
+		p.add(s)
+	}
+	return p.plan, nil
+}
+
+// hostMasters plans the slave-only mounts of groups that are not in the
+// images (external masters): each copies the host group, then becomes its
+// slave.
+func (p *planner) hostMasters() error {
+	var problems []string
+	for _, g := range p.in.Forest.Groups() {
+		if len(g.Members) > 0 {
+			continue
+		}
+		host := p.hostGroup(g.ID)
+		for _, s := range g.Slaves {
+			if host == NoHandle {
+				problems = append(problems, fmt.Sprintf("namespace %d, mount %d (%s): its master, peer group %d, is not in the images and no mount of this host is in it",
+					s.NS.ID, s.ID, s.Mountpoint, g.ID))
+				continue
+			}
+			if s.PeerGroup != 0 {
+				continue // its own group joined the host group (planGroup)
+			}
+			p.setGroup(host, p.h(s), s, fmt.Sprintf("join host group %d, to become its slave", g.ID))
+			p.propagation(OpMakeSlave, p.h(s), s, fmt.Sprintf("slave of host group %d", g.ID))
+		}
+	}
+	if len(problems) > 0 {
+		return &UnsupportedError{Mounts: problems}
+	}
+	return nil
+}
+
+// h is the handle of mount m; a live plan opens the restored mount the
+// first time it is needed.
+func (p *planner) h(m *forest.Mount) Handle {
+	if h, ok := p.handle[m]; ok || p.in.Live == nil {
+		return h
+	}
+	h := p.newHandle(HandleInfo{NS: m.NS.ID, Mount: m.ID, Live: true, What: m.Mountpoint})
+	p.handle[m] = h
+	s := step(OpOpenLive)
+	s.NS, s.Mount, s.Handle, s.Why = m.NS.ID, m.ID, h, "the restored mount "+m.Describe()
+	p.add(s)
+	return h
+}
+
+// hostGroup is a handle of a host mount in peer group id, NoHandle when
+// there is none (or the plan is not live).
+func (p *planner) hostGroup(id uint32) Handle {
+	if p.in.Live == nil || id == 0 {
+		return NoHandle
+	}
+	if h, ok := p.host[id]; ok {
+		return h
+	}
+	path, ok := p.in.Live.HostGroups[id]
+	if !ok {
+		return NoHandle
+	}
+	h := p.newHandle(HandleInfo{What: fmt.Sprintf("host mount %s of peer group %d", path, id)})
+	p.host[id] = h
+	s := step(OpOpenHost)
+	s.Handle, s.Path, s.Why = h, path, fmt.Sprintf("a mount of this host in peer group %d", id)
+	p.add(s)
+	return h
+}
+
+// indexDevs lists the non-root mounts of each superblock: in a live plan
+// any of them can be the source of a helper.
+func (p *planner) indexDevs() {
+	_ = p.walk(func(m *forest.Mount) {
+		p.devMounts[m.Dev] = append(p.devMounts[m.Dev], m)
+	})
+}
+
+// walk calls fn for every non-root mount, namespace by namespace, parents
+// first.
+func (p *planner) walk(fn func(m *forest.Mount)) error {
+	for _, ns := range p.in.Forest.Namespaces {
+		_ = ns.Walk(func(m *forest.Mount) error {
+			if !m.IsRoot() {
+				fn(m)
+			}
+			return nil
+		})
+	}
+	return nil
+}
+
+// LiveHelpers lists the helper mounts a live restore of f needs: one per
+// peer group whose representative needs a root that no mount of f exposes.
+// Each is a bind of that root stacked on a leaf mount of the group, with a
+// new mount id; the caller adds them to the images.
+func LiveHelpers(f *forest.Forest) ([]HelperMount, error) {
+	p := newPlanner(Input{Forest: f, Live: &LiveInput{}})
+	p.indexDevs()
+	order, _, err := p.analyzeSharing()
+	if err != nil {
+		return nil, err
+	}
+	nextID := map[uint32]uint32{}
+	for _, ns := range f.Namespaces {
+		for _, m := range ns.Mounts {
+			nextID[ns.ID] = max(nextID[ns.ID], m.ID+1)
+		}
+	}
+	var helpers []HelperMount
+	for _, gp := range order {
+		if allExternal(gp.Members) || widestContaining(p.devMounts[gp.dev], gp.need) != nil {
+			continue
+		}
+		var leaf *forest.Mount
+		for _, m := range append(append([]*forest.Mount{}, gp.Members...), gp.Slaves...) {
+			if len(m.Children) == 0 && m.Dev == gp.dev && !m.IsRoot() {
+				leaf = m
+				break
+			}
+		}
+		if leaf == nil {
+			m := gp.Members[0]
+			return nil, &UnsupportedError{Mounts: []string{fmt.Sprintf(
+				"namespace %d, mount %d (%s): peer group %d needs a helper mount of root %q, and none of its mounts is a leaf to stack it on",
+				m.NS.ID, m.ID, m.Mountpoint, gp.ID, gp.need)}}
+		}
+		hm := forest.Mount{
+			ID: nextID[leaf.NS.ID], ParentID: leaf.ID, Mountpoint: leaf.Mountpoint, Root: gp.need,
+			FSType: leaf.FSType, FSCode: leaf.FSCode, Source: leaf.Source, Options: leaf.Options,
+			Flags: leaf.Flags, Dev: leaf.Dev,
+		}
+		nextID[leaf.NS.ID]++
+		helpers = append(helpers, HelperMount{NS: leaf.NS.ID, Group: gp.ID, Mount: hm})
+		hcopy := hm
+		p.devMounts[gp.dev] = append(p.devMounts[gp.dev], &hcopy)
+	}
+	return helpers, nil
+}
+
+// HelperMount is a mount a live restore adds to the images.
+type HelperMount struct {
+	NS    uint32       `json:"ns"`
+	Group uint32       `json:"group"` // the peer group it helps
+	Mount forest.Mount `json:"mount"`
+}

@@ -1,0 +1,312 @@
+package restore
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/mntv2/mntv2/forest"
+	"golang.org/x/sys/unix"
+)
+
+// LiveNamespace is a restored mount namespace a live plan acts on.
+type LiveNamespace struct {
+	// NSPath is an nsfs file of the namespace: /proc/PID/ns/mnt.
+	NSPath string
+	// Tree is the namespace as read before the plan runs.
+	Tree *forest.Namespace
+	// Mounts maps the image mount ids of the plan to the live mounts.
+	Mounts map[uint32]*forest.Mount
+}
+
+// liveState is what Apply keeps for a live plan's namespace.
+type liveState struct {
+	opened bool
+	want   map[uint32]Handle // image mount id -> handle, for every open-live step
+}
+
+// startLive enters every namespace of a live plan.
+func (a *applier) startLive() error {
+	a.live = map[uint32]*liveState{}
+	for _, s := range a.plan.Steps {
+		if s.Op != OpOpenLive {
+			continue
+		}
+		st := a.live[s.NS]
+		if st == nil {
+			st = &liveState{want: map[uint32]Handle{}}
+			a.live[s.NS] = st
+		}
+		st.want[s.Mount] = s.Handle
+	}
+	for _, id := range a.plan.Namespaces {
+		ln := a.opt.Live[id]
+		if ln == nil {
+			return fmt.Errorf("namespace %d: not found among the restored namespaces", id)
+		}
+		fd, err := unix.Open(ln.NSPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return sysErr("open "+ln.NSPath, err)
+		}
+		a.nsFds[id] = fd
+		w, err := startWorker(id, fd)
+		if err != nil {
+			return err
+		}
+		a.workers[id] = w
+	}
+	return nil
+}
+
+// openLive runs on the namespace's worker. The first open-live step of a
+// namespace opens every mount the plan wants there: by path when each is
+// the topmost mount at its mountpoint, else by peeling the whole tree into
+// a parking tmpfs, mount by mount from the top, and putting it back.
+func (a *applier) openLive(s Step) error {
+	st := a.live[s.NS]
+	if st.opened {
+		return nil
+	}
+	st.opened = true
+	ln := a.opt.Live[s.NS]
+	exposed := true
+	for id := range st.want {
+		m := ln.Mounts[id]
+		if m == nil {
+			return fmt.Errorf("image mount %d: no restored mount at its place", id)
+		}
+		if !isExposed(m) {
+			exposed = false
+		}
+	}
+	if exposed {
+		for id, h := range st.want {
+			fd, err := a.openExposed(ln.Mounts[id])
+			if err != nil {
+				return err
+			}
+			a.fds[h] = fd
+		}
+		return nil
+	}
+	return a.peel(ln, st)
+}
+
+// isExposed says whether path resolution of m's mountpoint ends on m: no
+// mount covers it or lies on top of it.
+func isExposed(m *forest.Mount) bool {
+	cur := m.NS.Root
+	at := func(p string) {
+		for moved := true; moved; {
+			moved = false
+			for _, c := range cur.Children {
+				if c.Mountpoint == p {
+					cur, moved = c, true
+					break
+				}
+			}
+		}
+	}
+	at("/")
+	p := ""
+	for _, comp := range strings.Split(strings.Trim(m.Mountpoint, "/"), "/") {
+		if comp == "" {
+			continue
+		}
+		p += "/" + comp
+		at(p)
+	}
+	return cur == m
+}
+
+// openExposed opens the topmost mount at m's mountpoint and checks it is m.
+func (a *applier) openExposed(m *forest.Mount) (int, error) {
+	fd, err := a.sysFd("open_tree", func() (int, error) {
+		return unix.OpenTree(unix.AT_FDCWD, m.Mountpoint, unix.OPEN_TREE_CLOEXEC|unix.AT_SYMLINK_NOFOLLOW)
+	})
+	if err != nil {
+		return -1, fmt.Errorf("mount %d at %s: %w", m.ID, m.Mountpoint, err)
+	}
+	var stx unix.Statx_t
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &stx); err != nil {
+		unix.Close(fd)
+		return -1, sysErr("statx", err)
+	}
+	if stx.Mnt_id != uint64(m.ID) {
+		unix.Close(fd)
+		return -1, fmt.Errorf("mount %d at %s: found mount %d there instead", m.ID, m.Mountpoint, stx.Mnt_id)
+	}
+	return fd, nil
+}
+
+// attachOrder lists a tree's mounts parents first; among siblings a mount
+// that another one covers comes first (as the planner's assemble).
+func attachOrder(ns *forest.Namespace) []*forest.Mount {
+	var order []*forest.Mount
+	stack := []*forest.Mount{ns.Root}
+	for len(stack) > 0 {
+		m := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		order = append(order, m)
+		stack = append(stack, m.Children...)
+	}
+	return order
+}
+
+// peel opens every mount of a namespace: in reverse attach order each is
+// the topmost at its mountpoint, so it is opened by path and moved into a
+// parking tmpfs stacked on the root; then all go back in attach order,
+// keeping their mount ids. The tree is all private (restored without
+// sharing), so no move propagates.
+func (a *applier) peel(ln *LiveNamespace, st *liveState) error {
+	order := attachOrder(ln.Tree)
+	fds := make(map[*forest.Mount]int, len(order))
+	defer func() {
+		for m, fd := range fds {
+			if fd >= 0 && !a.wanted(ln, st, m) {
+				unix.Close(fd)
+			}
+		}
+	}()
+	rootfd, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return sysErr("open(/)", err)
+	}
+	defer unix.Close(rootfd)
+	fds[ln.Tree.Root] = -1
+	park, err := a.newPark()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(park)
+	for i := len(order) - 1; i >= 1; i-- {
+		m := order[i]
+		fd, err := a.openExposed(m)
+		if err != nil {
+			return err
+		}
+		fds[m] = fd
+		name := strconv.Itoa(i)
+		var stx unix.Statx_t
+		if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_TYPE, &stx); err != nil {
+			return sysErr("statx", err)
+		}
+		if err := createEntry(park, name, stx.Mode&unix.S_IFMT == unix.S_IFDIR); err != nil {
+			return err
+		}
+		if err := a.sys("move_mount", func() error {
+			return unix.MoveMount(fd, "", park, name, unix.MOVE_MOUNT_F_EMPTY_PATH)
+		}); err != nil {
+			return fmt.Errorf("park mount %d (%s): %w", m.ID, m.Mountpoint, err)
+		}
+	}
+	for _, m := range order[1:] {
+		parent := rootfd
+		if !m.Parent.IsRoot() {
+			parent = fds[m.Parent]
+		}
+		target := parent
+		if r := relTo(m.Mountpoint, m.Parent.Mountpoint); r != "" {
+			t, err := openInside(parent, r, unix.O_PATH, 0)
+			if err != nil {
+				return sysErr("openat2", fmt.Errorf("mountpoint of mount %d (%s): %w", m.ID, m.Mountpoint, err))
+			}
+			defer unix.Close(t)
+			target = t
+		}
+		if err := a.sys("move_mount", func() error {
+			return unix.MoveMount(fds[m], "", target, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH)
+		}); err != nil {
+			return fmt.Errorf("put back mount %d (%s): %w", m.ID, m.Mountpoint, err)
+		}
+	}
+	if err := unix.Fchdir(park); err != nil {
+		return sysErr("fchdir", err)
+	}
+	err = a.sys("umount2(MNT_DETACH)", func() error { return unix.Unmount(".", unix.MNT_DETACH) })
+	if cerr := unix.Chdir("/"); err == nil && cerr != nil {
+		err = sysErr("chdir", cerr)
+	}
+	if err != nil {
+		return err
+	}
+	for id, h := range st.want {
+		a.fds[h] = fds[ln.Mounts[id]]
+	}
+	return nil
+}
+
+func (a *applier) wanted(ln *LiveNamespace, st *liveState, m *forest.Mount) bool {
+	for id := range st.want {
+		if ln.Mounts[id] == m {
+			return true
+		}
+	}
+	return false
+}
+
+// newPark mounts an empty private tmpfs stacked on the worker's root: a
+// place inside the namespace to move mounts to (move_mount needs an
+// attached target). Paths from "/" still start below it.
+func (a *applier) newPark() (int, error) {
+	fs, err := a.sysFd("fsopen", func() (int, error) { return unix.Fsopen("tmpfs", unix.FSOPEN_CLOEXEC) })
+	if err != nil {
+		return -1, err
+	}
+	defer unix.Close(fs)
+	if err := a.sys("fsconfig", func() error { return unix.FsconfigCreate(fs) }); err != nil {
+		return -1, err
+	}
+	park, err := a.sysFd("fsmount", func() (int, error) { return unix.Fsmount(fs, unix.FSMOUNT_CLOEXEC, 0) })
+	if err != nil {
+		return -1, err
+	}
+	if err := a.sys("move_mount", func() error {
+		return unix.MoveMount(park, "", unix.AT_FDCWD, "/", unix.MOVE_MOUNT_F_EMPTY_PATH)
+	}); err != nil {
+		unix.Close(park)
+		return -1, err
+	}
+	return park, nil
+}
+
+// unstack replaces a helper mount of the tree by a detached private clone
+// and unmounts it from the tree (it is a leaf: nothing is on or under it).
+func (a *applier) unstack(s Step) error {
+	live := a.fds[s.Handle]
+	clone, err := a.sysFd("open_tree", func() (int, error) {
+		return unix.OpenTree(live, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
+	})
+	if err != nil {
+		return err
+	}
+	a.fds[s.Handle] = clone
+	if err := a.sys("mount_setattr(MS_PRIVATE)", func() error {
+		return unix.MountSetattr(clone, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Propagation: unix.MS_PRIVATE})
+	}); err != nil {
+		unix.Close(live)
+		return err
+	}
+	if err := unix.Fchdir(live); err != nil {
+		unix.Close(live)
+		return sysErr("fchdir", err)
+	}
+	err = a.sys("umount2(MNT_DETACH)", func() error { return unix.Unmount(".", unix.MNT_DETACH) })
+	unix.Close(live)
+	if cerr := unix.Chdir("/"); err == nil && cerr != nil {
+		err = sysErr("chdir", cerr)
+	}
+	return err
+}
+
+// openHost opens a mount of the restorer's namespace (no clone).
+func (a *applier) openHost(s Step) error {
+	fd, err := a.sysFd("open_tree", func() (int, error) {
+		return unix.OpenTree(unix.AT_FDCWD, s.Path, unix.OPEN_TREE_CLOEXEC|unix.AT_SYMLINK_NOFOLLOW)
+	})
+	if err != nil {
+		return fmt.Errorf("host mount %s: %w", s.Path, err)
+	}
+	a.fds[s.Handle] = fd
+	return nil
+}
