@@ -173,4 +173,3 @@ func hostGroups() (map[uint32]string, error) {
 	}
 	return groups, nil
 }
-

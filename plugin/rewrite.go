@@ -282,4 +282,3 @@ func (m *Manifest) helperSet() map[restore.MountRef]bool {
 	}
 	return set
 }
-
