@@ -18,7 +18,6 @@ type entry struct {
 	typ        byte
 	mode       int64
 	data       string
-	size       int64 // header size when it should lie; 0: len(data)
 }
 
 func archive(t *testing.T, entries ...entry) []byte {
