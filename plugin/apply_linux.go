@@ -56,27 +56,59 @@ func PostRestore(d *images.Dir, root int, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	original, err := forest.Build(input)
-	if err != nil {
-		return nil, fmt.Errorf("images %s: %w", d.Path(), err)
-	}
-	// What CRIU restored: the images plus the helper mounts.
-	withHelpers := original
-	if man != nil && len(man.Helpers) > 0 {
-		for _, h := range man.Helpers {
-			for i := range input {
-				if input[i].ID == h.NS {
-					input[i].Mounts = append(input[i].Mounts, h.Mount)
-				}
-			}
-		}
-		if withHelpers, err = forest.Build(input); err != nil {
-			return nil, fmt.Errorf("images with mntv2's helper mounts: %w", err)
-		}
-	}
 	nsPaths, err := RestoredNamespaces(d, root)
 	if err != nil {
 		return nil, err
+	}
+	if man == nil {
+		// The images were not rewritten: CRIU restored the sharing itself.
+		original, err := forest.Build(input)
+		if err != nil {
+			return nil, fmt.Errorf("images: %w", err)
+		}
+		rep := &Report{Namespaces: len(nsPaths), Mounts: original.Len()}
+		err = verifyNamespaces(original, nsPaths, cfg, log)
+		rep.Seconds = time.Since(start).Seconds()
+		return rep, err
+	}
+	rep, err := ApplyLive(input, man.Helpers, nsPaths, cfg)
+	if rep != nil {
+		rep.Seconds = time.Since(start).Seconds()
+	}
+	return rep, err
+}
+
+// ApplyLive applies the sharing of the image namespaces input (plus the
+// helper mounts added at pre-restore) to the restored, all-private
+// namespaces at nsPaths (image namespace id -> nsfs file), then verifies
+// each against the images.
+func ApplyLive(input []forest.NamespaceMounts, helpers []restore.HelperMount, nsPaths map[uint32]string, cfg Config) (*Report, error) {
+	start := time.Now()
+	log := cfg.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	original, err := forest.Build(input)
+	if err != nil {
+		return nil, fmt.Errorf("images: %w", err)
+	}
+	// What was restored: the images plus the helper mounts.
+	withHelpers := original
+	helperSet := map[restore.MountRef]bool{}
+	if len(helpers) > 0 {
+		with := make([]forest.NamespaceMounts, len(input))
+		for i := range input {
+			with[i] = forest.NamespaceMounts{ID: input[i].ID, Mounts: append([]forest.Mount(nil), input[i].Mounts...)}
+			for _, h := range helpers {
+				if h.NS == input[i].ID {
+					with[i].Mounts = append(with[i].Mounts, h.Mount)
+					helperSet[restore.MountRef{NS: h.NS, Mount: h.Mount.ID}] = true
+				}
+			}
+		}
+		if withHelpers, err = forest.Build(with); err != nil {
+			return nil, fmt.Errorf("images with mntv2's helper mounts: %w", err)
+		}
 	}
 	live := map[uint32]*restore.LiveNamespace{}
 	for _, ns := range withHelpers.Namespaces {
@@ -107,7 +139,7 @@ func PostRestore(d *images.Dir, root int, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	plan, err := restore.NewLivePlan(restore.Input{Forest: withHelpers,
-		Live: &restore.LiveInput{Helpers: man.helperSet(), HostGroups: hostGroups}})
+		Live: &restore.LiveInput{Helpers: helperSet, HostGroups: hostGroups}})
 	if err != nil {
 		return nil, err
 	}
@@ -116,34 +148,43 @@ func PostRestore(d *images.Dir, root int, cfg Config) (*Report, error) {
 		return nil, fmt.Errorf("apply sharing: %w", err)
 	}
 	rep := &Report{Namespaces: len(live), Mounts: original.Len(), Steps: len(plan.Steps), Helpers: plan.Helpers, Result: *res}
-	// Verify every namespace against the original images.
-	var found []forest.NamespaceMounts
-	for _, ns := range original.Namespaces {
-		tree, err := forest.ReadNamespaceFile(nsPaths[ns.ID], ns.ID)
-		if err != nil {
-			return nil, err
-		}
-		found = append(found, tree)
-	}
-	ff, err := forest.Build(found)
-	if err != nil {
-		return nil, fmt.Errorf("restored namespaces: %w", err)
-	}
-	if diffs := forest.Compare(original, ff); len(diffs) > 0 {
-		var lines []string
-		for _, d := range diffs {
-			lines = append(lines, d.String())
-		}
-		err := fmt.Errorf("the restored mounts differ from the images in %d ways:\n%s", len(diffs), strings.Join(lines, "\n"))
-		if !cfg.Lenient {
-			return rep, err
-		}
-		log.Warn("restored mounts differ (lenient: not aborting)", "err", err)
+	if err := verifyNamespaces(original, nsPaths, cfg, log); err != nil {
+		return rep, err
 	}
 	rep.Seconds = time.Since(start).Seconds()
 	log.Info("mount sharing restored and verified", "namespaces", rep.Namespaces, "mounts", rep.Mounts,
 		"steps", rep.Steps, "helpers", rep.Helpers, "syscalls", res.Syscalls, "seconds", rep.Seconds)
 	return rep, nil
+}
+
+// verifyNamespaces compares the live namespaces with the images.
+func verifyNamespaces(original *forest.Forest, nsPaths map[uint32]string, cfg Config, log *slog.Logger) error {
+	var found []forest.NamespaceMounts
+	for _, ns := range original.Namespaces {
+		tree, err := forest.ReadNamespaceFile(nsPaths[ns.ID], ns.ID)
+		if err != nil {
+			return err
+		}
+		found = append(found, tree)
+	}
+	ff, err := forest.Build(found)
+	if err != nil {
+		return fmt.Errorf("restored namespaces: %w", err)
+	}
+	diffs := forest.Compare(original, ff)
+	if len(diffs) == 0 {
+		return nil
+	}
+	var lines []string
+	for _, d := range diffs {
+		lines = append(lines, d.String())
+	}
+	err = fmt.Errorf("the restored mounts differ from the images in %d ways:\n%s", len(diffs), strings.Join(lines, "\n"))
+	if !cfg.Lenient {
+		return err
+	}
+	log.Warn("restored mounts differ (lenient: not aborting)", "err", err)
+	return nil
 }
 
 func readLive(nsPath string, id uint32) (*forest.Forest, error) {

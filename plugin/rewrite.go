@@ -270,15 +270,3 @@ func checkDigest(d *images.Dir, fr FileRecord) error {
 	}
 	return nil
 }
-
-// Helpers is the set of helper mounts of a manifest.
-func (m *Manifest) helperSet() map[restore.MountRef]bool {
-	set := map[restore.MountRef]bool{}
-	if m == nil {
-		return set
-	}
-	for _, h := range m.Helpers {
-		set[restore.MountRef{NS: h.NS, Mount: h.Mount.ID}] = true
-	}
-	return set
-}
