@@ -31,6 +31,12 @@ type Report struct {
 	Helpers    int            `json:"helpers"`
 	Result     restore.Result `json:"result"`
 	Seconds    float64        `json:"seconds"`
+	// Where Seconds went: reading and matching the restored namespaces,
+	// planning, applying, verifying.
+	ReadSeconds   float64 `json:"read_seconds"`
+	PlanSeconds   float64 `json:"plan_seconds"`
+	ApplySeconds  float64 `json:"apply_seconds"`
+	VerifySeconds float64 `json:"verify_seconds"`
 }
 
 // PostRestore finishes a restore of the images in d whose root task is
@@ -134,6 +140,7 @@ func ApplyLive(input []forest.NamespaceMounts, helpers []restore.HelperMount, ns
 		}
 		live[ns.ID] = ln
 	}
+	readDone := time.Now()
 	hostGroups, err := hostGroups()
 	if err != nil {
 		return nil, err
@@ -143,12 +150,17 @@ func ApplyLive(input []forest.NamespaceMounts, helpers []restore.HelperMount, ns
 	if err != nil {
 		return nil, err
 	}
+	planDone := time.Now()
 	res, err := restore.Apply(plan, restore.Options{Live: live, Log: log, FailSyscall: cfg.FailSyscall})
 	if err != nil {
 		return nil, fmt.Errorf("apply sharing: %w", err)
 	}
 	rep := &Report{Namespaces: len(live), Mounts: original.Len(), Steps: len(plan.Steps), Helpers: plan.Helpers, Result: *res}
-	if err := verifyNamespaces(original, nsPaths, cfg, log); err != nil {
+	vstart := time.Now()
+	rep.ReadSeconds, rep.PlanSeconds, rep.ApplySeconds = readDone.Sub(start).Seconds(), planDone.Sub(readDone).Seconds(), vstart.Sub(planDone).Seconds()
+	err = verifyNamespaces(original, nsPaths, cfg, log)
+	rep.VerifySeconds = time.Since(vstart).Seconds()
+	if err != nil {
 		return rep, err
 	}
 	rep.Seconds = time.Since(start).Seconds()

@@ -47,6 +47,8 @@ type Result struct {
 	Namespaces []NamespaceResult `json:"namespaces"`
 	Helpers    int               `json:"helpers"`
 	Phases     []PhaseTime       `json:"phases"`
+	// Ops is the time spent in each kind of step.
+	Ops map[Op]*PhaseTime `json:"ops,omitempty"`
 	Syscalls   int               `json:"syscalls"`
 }
 
@@ -231,7 +233,17 @@ func (a *applier) runBatch(where uint32, from, to int, res *Result) error {
 			if err := a.do(a.plan.Steps[i]); err != nil {
 				return a.stepError(i, err)
 			}
-			res.addTime(a.plan.Phase(a.plan.Steps[i]), time.Since(start))
+			d := time.Since(start)
+			res.addTime(a.plan.Phase(a.plan.Steps[i]), d)
+			op := a.plan.Steps[i].Op
+			if res.Ops == nil {
+				res.Ops = map[Op]*PhaseTime{}
+			}
+			if res.Ops[op] == nil {
+				res.Ops[op] = &PhaseTime{Phase: string(op)}
+			}
+			res.Ops[op].Steps++
+			res.Ops[op].Seconds += d.Seconds()
 		}
 		return nil
 	}
@@ -556,6 +568,19 @@ func (a *applier) attach(s Step) error {
 		var st unix.Stat_t
 		if err := unix.Fstat(src, &st); err != nil {
 			return sysErr("fstat", err)
+		}
+		if !s.Persistent && !strings.Contains(s.Path, "/") {
+			// Fast path for a mountpoint that does not exist yet in a
+			// mount this restore made: create it, then attach by name
+			// (one component, resolved without following a symlink).
+			// Anything already there takes the checked path below.
+			if created, err := createNew(target, s.Path, st.Mode&unix.S_IFMT == unix.S_IFDIR); err != nil {
+				return err
+			} else if created {
+				return a.sys("move_mount", func() error {
+					return unix.MoveMount(src, "", target, s.Path, unix.MOVE_MOUNT_F_EMPTY_PATH)
+				})
+			}
 		}
 		var record func(created)
 		if s.Persistent {

@@ -2,6 +2,7 @@ package restore
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/mntv2/mntv2/forest"
 )
@@ -74,10 +75,23 @@ func NewLivePlan(in Input) (*Plan, error) {
 	})
 	for h, info := range p.plan.Handles {
 		s := step(OpDrop)
-		s.Handle, s.Why = Handle(h), "done with "+info.What
+		s.Handle, s.Why = Handle(h), p.whyf("done with %s", info.What)
 		p.add(s)
 	}
+	// Opening comes first, all of a namespace at once: every switch
+	// between a namespace's thread and this one costs a handover.
+	slices.SortStableFunc(p.plan.Steps, func(a, b Step) int { return openRank(a) - openRank(b) })
 	return p.plan, nil
+}
+
+func openRank(s Step) int {
+	switch s.Op {
+	case OpOpenLive:
+		return 0
+	case OpOpenHost:
+		return 1
+	}
+	return 2
 }
 
 // hostMasters plans the slave-only mounts of groups that are not in the
@@ -99,8 +113,8 @@ func (p *planner) hostMasters() error {
 			if s.PeerGroup != 0 {
 				continue // its own group joined the host group (planGroup)
 			}
-			p.setGroup(host, p.h(s), s, fmt.Sprintf("join host group %d, to become its slave", g.ID))
-			p.propagation(OpMakeSlave, p.h(s), s, fmt.Sprintf("slave of host group %d", g.ID))
+			p.setGroup(host, p.h(s), s, p.whyf("join host group %d, to become its slave", g.ID))
+			p.propagation(OpMakeSlave, p.h(s), s, p.whyf("slave of host group %d", g.ID))
 		}
 	}
 	if len(problems) > 0 {
@@ -118,7 +132,8 @@ func (p *planner) h(m *forest.Mount) Handle {
 	h := p.newHandle(HandleInfo{NS: m.NS.ID, Mount: m.ID, Live: true, What: m.Mountpoint})
 	p.handle[m] = h
 	s := step(OpOpenLive)
-	s.NS, s.Mount, s.Handle, s.Why = m.NS.ID, m.ID, h, "the restored mount "+m.Describe()
+	s.NS, s.Mount, s.Handle = m.NS.ID, m.ID, h
+	s.Why = p.whyf("the restored mount %s", m.Describe())
 	p.add(s)
 	return h
 }
@@ -219,4 +234,14 @@ type HelperMount struct {
 	NS    uint32       `json:"ns"`
 	Group uint32       `json:"group"` // the peer group it helps
 	Mount forest.Mount `json:"mount"`
+}
+
+// whyf formats a step's reason. A live plan runs inside CRIU's restore
+// and is not printed unless asked (Input.Explain): its reasons stay the
+// bare format, which saves a formatting per step of large trees.
+func (p *planner) whyf(format string, args ...any) string {
+	if p.in.Live != nil && !p.in.Explain {
+		return format
+	}
+	return fmt.Sprintf(format, args...)
 }

@@ -70,12 +70,13 @@ func (a *applier) openLive(s Step) error {
 	st.opened = true
 	ln := a.opt.Live[s.NS]
 	exposed := true
+	idx := childIndex(ln.Tree)
 	for id := range st.want {
 		m := ln.Mounts[id]
 		if m == nil {
 			return fmt.Errorf("image mount %d: no restored mount at its place", id)
 		}
-		if !isExposed(m) {
+		if !isExposed(m, idx) {
 			exposed = false
 		}
 	}
@@ -92,19 +93,29 @@ func (a *applier) openLive(s Step) error {
 	return a.peel(ln, st)
 }
 
+type mountAt struct {
+	parent     *forest.Mount
+	mountpoint string
+}
+
+// childIndex maps each mount and mountpoint to the child mounted there.
+func childIndex(ns *forest.Namespace) map[mountAt]*forest.Mount {
+	idx := make(map[mountAt]*forest.Mount, len(ns.Mounts))
+	for _, m := range ns.Mounts {
+		if m.Parent != nil {
+			idx[mountAt{m.Parent, m.Mountpoint}] = m
+		}
+	}
+	return idx
+}
+
 // isExposed says whether path resolution of m's mountpoint ends on m: no
 // mount covers it or lies on top of it.
-func isExposed(m *forest.Mount) bool {
+func isExposed(m *forest.Mount, idx map[mountAt]*forest.Mount) bool {
 	cur := m.NS.Root
 	at := func(p string) {
-		for moved := true; moved; {
-			moved = false
-			for _, c := range cur.Children {
-				if c.Mountpoint == p {
-					cur, moved = c, true
-					break
-				}
-			}
+		for c := idx[mountAt{cur, p}]; c != nil; c = idx[mountAt{cur, p}] {
+			cur = c
 		}
 	}
 	at("/")

@@ -2,6 +2,7 @@ package restore
 
 import (
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -107,7 +108,8 @@ func TestLiveHelpersAdded(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkLivePlan(t, f, plan)
-	if plan.Steps[1].Op != OpUnstack || plan.Helpers < 1 {
+	first := slices.IndexFunc(plan.Steps, func(s Step) bool { return s.Op != OpOpenLive })
+	if plan.Steps[first].Op != OpUnstack || plan.Helpers < 1 {
 		t.Errorf("the helper is not unstacked first:\n%v", plan.Steps)
 	}
 	// With a mount of the root present, no helper is needed.

@@ -138,6 +138,8 @@ type Input struct {
 	TmpfsContent map[uint32]bool
 	// Live is set for a live plan (NewLivePlan).
 	Live *LiveInput
+	// Explain gives a live plan's steps their full reasons.
+	Explain bool
 }
 
 // Supported lists the filesystems mntv2 creates new instances of.

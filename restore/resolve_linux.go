@@ -88,6 +88,26 @@ func openMountpoint(dirfd int, rel string, wantDir bool, record func(created)) (
 	return cur, nil
 }
 
+// createNew makes name below dirfd, a directory or an empty file, and says
+// whether it did; false when something is there already.
+func createNew(dirfd int, name string, dir bool) (bool, error) {
+	if dir {
+		err := unix.Mkdirat(dirfd, name, 0o755)
+		if err == unix.EEXIST {
+			return false, nil
+		}
+		return err == nil, sysErr("mkdirat", err)
+	}
+	fd, err := openInside(dirfd, name, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY, 0o644)
+	if err == unix.EEXIST {
+		return false, nil
+	}
+	if err != nil {
+		return false, sysErr("openat2(O_CREAT)", err)
+	}
+	return true, unix.Close(fd)
+}
+
 // createEntry makes a missing mountpoint: a directory or an empty file.
 func createEntry(dirfd int, name string, dir bool) error {
 	if dir {

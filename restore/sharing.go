@@ -187,7 +187,7 @@ func (p *planner) planGroup(gp *groupPlan) error {
 		// External sharing: the members are peers of a host group.
 		gp.rep, rep = host, nil
 		for _, m := range gp.Members {
-			p.setGroup(gp.rep, p.h(m), m, fmt.Sprintf("peer of host group %d", gp.ID))
+			p.setGroup(gp.rep, p.h(m), m, p.whyf("peer of host group %d", gp.ID))
 		}
 		p.slavesOf(gp)
 		return nil
@@ -202,16 +202,16 @@ func (p *planner) planGroup(gp *groupPlan) error {
 		gp.rep = h
 	}
 	if gp.master != nil {
-		p.setGroup(gp.master.rep, gp.rep, rep, fmt.Sprintf("join master group %d, to become its slave", gp.master.ID))
-		p.propagation(OpMakeSlave, gp.rep, rep, fmt.Sprintf("slave of group %d", gp.master.ID))
+		p.setGroup(gp.master.rep, gp.rep, rep, p.whyf("join master group %d, to become its slave", gp.master.ID))
+		p.propagation(OpMakeSlave, gp.rep, rep, p.whyf("slave of group %d", gp.master.ID))
 	} else if host := p.hostGroup(gp.Master); gp.Master != 0 && host != NoHandle {
-		p.setGroup(host, gp.rep, rep, fmt.Sprintf("join host group %d, to become its slave", gp.Master))
-		p.propagation(OpMakeSlave, gp.rep, rep, fmt.Sprintf("slave of host group %d", gp.Master))
+		p.setGroup(host, gp.rep, rep, p.whyf("join host group %d, to become its slave", gp.Master))
+		p.propagation(OpMakeSlave, gp.rep, rep, p.whyf("slave of host group %d", gp.Master))
 	}
-	p.propagation(OpMakeShared, gp.rep, rep, fmt.Sprintf("peer group %d starts here", gp.ID))
+	p.propagation(OpMakeShared, gp.rep, rep, p.whyf("peer group %d starts here", gp.ID))
 	for _, m := range gp.Members {
 		if m != rep {
-			p.setGroup(gp.rep, p.h(m), m, fmt.Sprintf("peer of group %d", gp.ID))
+			p.setGroup(gp.rep, p.h(m), m, p.whyf("peer of group %d", gp.ID))
 		}
 	}
 	p.slavesOf(gp)
@@ -225,8 +225,8 @@ func (p *planner) slavesOf(gp *groupPlan) {
 		if s.PeerGroup != 0 {
 			continue // a shared slave: its own group copies the master
 		}
-		p.setGroup(gp.rep, p.h(s), s, fmt.Sprintf("join group %d, to become its slave", gp.ID))
-		p.propagation(OpMakeSlave, p.h(s), s, fmt.Sprintf("slave of group %d", gp.ID))
+		p.setGroup(gp.rep, p.h(s), s, p.whyf("join group %d, to become its slave", gp.ID))
+		p.propagation(OpMakeSlave, p.h(s), s, p.whyf("slave of group %d", gp.ID))
 	}
 }
 

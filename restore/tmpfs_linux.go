@@ -155,7 +155,14 @@ func setAttrs(dirfd int, name string, hdr *tar.Header, mode uint32) error {
 	if err := unix.Fchownat(dirfd, name, hdr.Uid, hdr.Gid, flags); err != nil {
 		return sysErr("fchownat", err)
 	}
-	if hdr.Typeflag != tar.TypeSymlink {
+	if hdr.Typeflag != tar.TypeSymlink && name != "" {
+		// The entry was just made (or checked to be a directory) by this
+		// extraction, in a new tmpfs that is not attached anywhere: it is
+		// no symlink, and nothing else can swap it.
+		if err := unix.Fchmodat(dirfd, name, mode, 0); err != nil {
+			return sysErr("fchmodat", err)
+		}
+	} else if hdr.Typeflag != tar.TypeSymlink {
 		fd, err := openInside(dirfd, orDot(name), unix.O_PATH, 0)
 		if err != nil {
 			return sysErr("openat2", err)

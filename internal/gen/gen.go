@@ -4,8 +4,13 @@
 package gen
 
 import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
 	"fmt"
+	"path"
 	"sort"
+	"strings"
 
 	"github.com/mntv2/mntv2/forest"
 	"github.com/mntv2/mntv2/images"
@@ -205,6 +210,9 @@ func WriteImages(d *images.Dir, nss []forest.NamespaceMounts) error {
 			return err
 		}
 	}
+	if err := writeTmpfsContent(d, nss); err != nil {
+		return err
+	}
 	img, err := images.EncodeTasks(tasks)
 	if err != nil {
 		return err
@@ -217,4 +225,51 @@ func WriteImages(d *images.Dir, nss []forest.NamespaceMounts) error {
 		return err
 	}
 	return d.WriteImage(inv)
+}
+
+// writeTmpfsContent writes, for every superblock with mounts of a
+// subdirectory, a tmpfs-dev-<dev>.tar.gz.img holding those directories.
+func writeTmpfsContent(d *images.Dir, nss []forest.NamespaceMounts) error {
+	dirs := map[uint32]map[string]bool{}
+	for _, ns := range nss {
+		for _, m := range ns.Mounts {
+			if m.Root == "/" || m.Dev == rootDev {
+				continue
+			}
+			if dirs[m.Dev] == nil {
+				dirs[m.Dev] = map[string]bool{}
+			}
+			for p := m.Root; p != "/" && p != "."; p = path.Dir(p) {
+				dirs[m.Dev][strings.TrimPrefix(p, "/")] = true
+			}
+		}
+	}
+	for dev, set := range dirs {
+		names := make([]string, 0, len(set))
+		for n := range set {
+			names = append(names, n)
+		}
+		sort.Strings(names) // parents first
+		var buf bytes.Buffer
+		zw := gzip.NewWriter(&buf)
+		tw := tar.NewWriter(zw)
+		if err := tw.WriteHeader(&tar.Header{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755}); err != nil {
+			return err
+		}
+		for _, n := range names {
+			if err := tw.WriteHeader(&tar.Header{Name: "./" + n + "/", Typeflag: tar.TypeDir, Mode: 0o755}); err != nil {
+				return err
+			}
+		}
+		if err := tw.Close(); err != nil {
+			return err
+		}
+		if err := zw.Close(); err != nil {
+			return err
+		}
+		if err := d.WriteFile(images.TmpfsFile(dev), buf.Bytes(), 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
 }

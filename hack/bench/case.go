@@ -1,0 +1,244 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/mntv2/mntv2/forest"
+	"github.com/mntv2/mntv2/images"
+	"github.com/mntv2/mntv2/internal/gen"
+	"github.com/mntv2/mntv2/plugin"
+	"github.com/mntv2/mntv2/restore"
+	"golang.org/x/sys/unix"
+)
+
+func init() { runtime.LockOSThread() }
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func runCase(r *Row) error {
+	dir, cleanup, err := scratch()
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	imgDir := filepath.Join(dir, "images")
+	if err := os.Mkdir(imgDir, 0o700); err != nil {
+		return err
+	}
+	nss, err := gen.Forest(r.Shape, r.N)
+	if err != nil {
+		return err
+	}
+	d, err := images.Open(imgDir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := gen.WriteImages(d, nss); err != nil {
+		return err
+	}
+	nss = nil
+	runtime.GC()
+	switch r.Mode {
+	case "plan":
+		return planCase(r, d)
+	case "restore":
+		return restoreCase(r, d, dir)
+	case "hook":
+		return hookCase(r, d, dir)
+	}
+	return fmt.Errorf("unknown mode %q", r.Mode)
+}
+
+func planCase(r *Row, d *images.Dir) error {
+	t0 := time.Now()
+	in, err := restore.LoadInput(d)
+	if err != nil {
+		return err
+	}
+	t1 := time.Now()
+	plan, err := restore.NewPlan(in)
+	if err != nil {
+		return err
+	}
+	r.LoadS, r.PlanS = t1.Sub(t0).Seconds(), time.Since(t1).Seconds()
+	r.Mounts, r.Steps, r.Helpers = in.Forest.Len(), len(plan.Steps), plan.Helpers
+	r.PeakMB = peakRSSMB()
+	return nil
+}
+
+// peakRSSMB is VmHWM of this process.
+func peakRSSMB() float64 {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			return float64(kb) / 1024
+		}
+	}
+	return 0
+}
+
+// mountTmpfs mounts a tmpfs on a new directory below dir.
+func mountTmpfs(dir, name string) (string, error) {
+	p := filepath.Join(dir, name)
+	if err := os.Mkdir(p, 0o755); err != nil {
+		return "", err
+	}
+	return p, unix.Mount("bench", p, "tmpfs", 0, "")
+}
+
+func restoreCase(r *Row, d *images.Dir, dir string) error {
+	in, err := restore.LoadInput(d)
+	if err != nil {
+		return err
+	}
+	t := time.Now()
+	plan, err := restore.NewPlan(in)
+	if err != nil {
+		return err
+	}
+	r.PlanS = time.Since(t).Seconds()
+	r.Mounts, r.Steps, r.Helpers = in.Forest.Len(), len(plan.Steps), plan.Helpers
+	c := countSteps(plan)
+	for run := 0; run < 2; run++ {
+		f, err := fullFloor(c, dir, run)
+		if err != nil {
+			return fmt.Errorf("floor: %w", err)
+		}
+		if r.FloorS == 0 || f.Seconds() < r.FloorS {
+			r.FloorS = f.Seconds()
+		}
+		root, err := mountTmpfs(dir, fmt.Sprintf("root%d", run))
+		if err != nil {
+			return err
+		}
+		pins := filepath.Join(dir, fmt.Sprintf("pins%d", run))
+		t := time.Now()
+		res, err := restore.Apply(plan, restore.Options{Root: root, PinDir: pins, Images: d, Log: quiet})
+		if err != nil {
+			return err
+		}
+		el := time.Since(t).Seconds()
+		if r.RestoreS == 0 || el < r.RestoreS {
+			r.RestoreS, r.Syscalls = el, res.Syscalls
+			r.Phases = map[string]float64{}
+			for _, p := range res.Phases {
+				r.Phases[p.Phase] += p.Seconds
+			}
+		}
+		t = time.Now()
+		var found []forest.NamespaceMounts
+		for _, ns := range in.Forest.Namespaces {
+			nm, err := forest.ReadNamespaceFile(filepath.Join(pins, restore.PinName(ns.ID)), ns.ID)
+			if err != nil {
+				return err
+			}
+			found = append(found, nm)
+		}
+		ff, err := forest.Build(found)
+		if err != nil {
+			return err
+		}
+		if diffs := forest.Compare(in.Forest, ff); len(diffs) > 0 {
+			return fmt.Errorf("restored tree differs: %d differences, first %s", len(diffs), diffs[0])
+		}
+		r.VerifyS = time.Since(t).Seconds()
+		t = time.Now()
+		if _, err := restore.Release(pins); err != nil {
+			return err
+		}
+		r.ReleaseS = time.Since(t).Seconds()
+		_ = unix.Unmount(root, unix.MNT_DETACH)
+	}
+	r.Ratio = r.RestoreS / r.FloorS
+	return nil
+}
+
+// hookCase: the tree restored all private (as CRIU restores the stripped
+// images), then post-restore's work: match, plan, apply, against a floor of
+// the same syscalls.
+func hookCase(r *Row, d *images.Dir, dir string) error {
+	input, err := forest.ImageNamespaces(d)
+	if err != nil {
+		return err
+	}
+	original, err := forest.Build(input)
+	if err != nil {
+		return err
+	}
+	stripped := make([]forest.NamespaceMounts, len(input))
+	for i, ns := range input {
+		stripped[i] = forest.NamespaceMounts{ID: ns.ID}
+		for _, m := range ns.Mounts {
+			m.PeerGroup, m.Master = 0, 0
+			stripped[i].Mounts = append(stripped[i].Mounts, m)
+		}
+	}
+	sf, err := forest.Build(stripped)
+	if err != nil {
+		return err
+	}
+	plan, err := restore.NewPlan(restore.Input{Forest: sf})
+	if err != nil {
+		return err
+	}
+	live, err := restore.NewLivePlan(restore.Input{Forest: original})
+	if err != nil {
+		return err
+	}
+	c := countSteps(live)
+	r.Mounts, r.Steps = original.Len(), len(live.Steps)
+	for run := 0; run < 2; run++ {
+		root, err := mountTmpfs(dir, fmt.Sprintf("root%d", run))
+		if err != nil {
+			return err
+		}
+		pins := filepath.Join(dir, fmt.Sprintf("pins%d", run))
+		if _, err := restore.Apply(plan, restore.Options{Root: root, PinDir: pins, Log: quiet}); err != nil {
+			return err
+		}
+		paths := map[uint32]string{}
+		for _, ns := range original.Namespaces {
+			paths[ns.ID] = filepath.Join(pins, restore.PinName(ns.ID))
+		}
+		rep, err := plugin.ApplyLive(input, nil, paths, plugin.Config{Log: quiet})
+		if err != nil {
+			return err
+		}
+		// The floor: the same syscalls on a private tree of its own.
+		own := c.openLive + c.setGroup + c.prop
+		f, err := hookFloor(c, max(rep.Result.Syscalls-own, 0), r.Mounts)
+		if err != nil {
+			return fmt.Errorf("floor: %w", err)
+		}
+		if r.FloorS == 0 || f.Seconds() < r.FloorS {
+			r.FloorS = f.Seconds()
+		}
+		hook := rep.Seconds - rep.VerifySeconds // read, match, plan, apply
+		if r.HookS == 0 || hook < r.HookS {
+			r.HookS, r.Syscalls, r.VerifyS = hook, rep.Result.Syscalls, rep.VerifySeconds
+			r.Phases = map[string]float64{"read": rep.ReadSeconds, "plan": rep.PlanSeconds, "apply": rep.ApplySeconds}
+		}
+		if _, err := restore.Release(pins); err != nil {
+			return err
+		}
+		_ = unix.Unmount(root, unix.MNT_DETACH)
+	}
+	r.Ratio = r.HookS / r.FloorS
+	return nil
+}

@@ -1,0 +1,299 @@
+// Command bench measures mntv2 on synthetic forests (internal/gen) against
+// the syscall floor: a minimal loop doing the same number and kind of mount
+// syscalls without planning. It runs as root; every case runs in a child
+// process in a new private mount namespace. make bench runs it.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/pprof"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+)
+
+// Row is one measured case.
+type Row struct {
+	Mode    string  `json:"mode"` // plan, restore, hook
+	Shape   string  `json:"shape"`
+	N       int     `json:"n"` // mounts asked for
+	Mounts  int     `json:"mounts"`
+	LoadS   float64 `json:"load_s,omitempty"`
+	PlanS   float64 `json:"plan_s"`
+	PeakMB  float64 `json:"peak_rss_mb,omitempty"`
+	Steps   int     `json:"steps,omitempty"`
+	Helpers int     `json:"helpers,omitempty"`
+
+	RestoreS float64            `json:"restore_s,omitempty"` // Apply, best of runs
+	Phases   map[string]float64 `json:"phases_s,omitempty"`
+	FloorS   float64            `json:"floor_s,omitempty"` // best of runs
+	Ratio    float64            `json:"ratio,omitempty"`   // restore (or hook) / floor
+	Syscalls int                `json:"syscalls,omitempty"`
+	VerifyS  float64            `json:"verify_s,omitempty"`
+	ReleaseS float64            `json:"release_s,omitempty"`
+	HookS    float64            `json:"hook_s,omitempty"` // post-restore's ApplyLive, verify excluded
+	Error    string             `json:"error,omitempty"`
+}
+
+// CriuRow is one line of hack/bench-criu.sh's output.
+type CriuRow struct {
+	N          int     `json:"n"`
+	CriuS      float64 `json:"criu_s"`       // criu restore, mounts' share (baseline subtracted)
+	CriuMntv2S float64 `json:"criu_mntv2_s"` // criu restore with the mntv2 hook, mounts' share
+	Mntv2S     float64 `json:"mntv2_s"`      // mntv2 restore of the same images
+}
+
+const childEnv = "MNTV2_BENCH_CHILD"
+
+func main() {
+	if v := os.Getenv(childEnv); v != "" {
+		os.Exit(child(v))
+	}
+	shapes := flag.String("shapes", "peers,groups,chains,nested,stacked,multins,mix", "shapes")
+	restoreSizes := flag.String("restore", "1000,10000", "sizes restored (peers also at 2000 and 5000 for the plot)")
+	planSizes := flag.String("plan", "1000,10000,50000", "sizes planned")
+	hookSize := flag.Int("hook", 10000, "size of the post-restore (hook) case, peers shape")
+	out := flag.String("out", "bench.json", "JSON output")
+	svg := flag.String("svg", "bench.svg", "SVG plot output")
+	criuJSON := flag.String("criu", "", "results of hack/bench-criu.sh to include")
+	flag.Parse()
+
+	var rows []Row
+	run := func(mode, shape string, n int) {
+		r := runChild(mode, shape, n)
+		rows = append(rows, r)
+		if r.Error != "" {
+			fmt.Fprintf(os.Stderr, "bench: %s %s %d: %s\n", mode, shape, n, r.Error)
+		} else {
+			fmt.Fprintf(os.Stderr, "bench: %s %s %d done\n", mode, shape, n)
+		}
+	}
+	for _, shape := range strings.Split(*shapes, ",") {
+		for _, n := range ints(*planSizes) {
+			run("plan", shape, n)
+		}
+		sizes := ints(*restoreSizes)
+		if shape == "peers" {
+			sizes = append(sizes, 2000, 5000)
+			sort.Ints(sizes)
+		}
+		for _, n := range sizes {
+			run("restore", shape, n)
+		}
+	}
+	if *hookSize > 0 {
+		run("hook", "peers", *hookSize)
+		run("hook", "mix", *hookSize)
+	}
+	var criu []CriuRow
+	if *criuJSON != "" {
+		if b, err := os.ReadFile(*criuJSON); err == nil {
+			_ = json.Unmarshal(b, &criu)
+		}
+	}
+	report(os.Stdout, rows, criu)
+	b, _ := json.MarshalIndent(map[string]any{"rows": rows, "criu": criu}, "", "  ")
+	if err := os.WriteFile(*out, b, 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	if err := os.WriteFile(*svg, []byte(plot(rows, criu)), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	for _, r := range rows {
+		if r.Error != "" {
+			os.Exit(1)
+		}
+	}
+}
+
+func ints(s string) []int {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		if n, err := strconv.Atoi(strings.TrimSpace(f)); err == nil && n > 0 {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// runChild runs one case in a child process with a private mount
+// namespace of its own.
+func runChild(mode, shape string, n int) Row {
+	exe, _ := os.Executable()
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s:%s:%d", childEnv, mode, shape, n))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	var r Row
+	if jerr := json.Unmarshal(out, &r); jerr != nil {
+		return Row{Mode: mode, Shape: shape, N: n, Error: fmt.Sprintf("child: %v %v", err, jerr)}
+	}
+	return r
+}
+
+func report(w *os.File, rows []Row, criu []CriuRow) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "\nplanning (load = read the images; peak = the process's peak RSS)")
+	fmt.Fprintln(tw, "shape\tN\tmounts\tload ms\tplan ms\tpeak MB\tsteps\t")
+	exps := map[string][][2]float64{}
+	for _, r := range rows {
+		if r.Mode == "plan" && r.Error == "" {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.1f\t%.0f\t%d\t\n", r.Shape, r.N, r.Mounts, r.LoadS*1e3, r.PlanS*1e3, r.PeakMB, r.Steps)
+			exps[r.Shape] = append(exps[r.Shape], [2]float64{float64(r.Mounts), r.PlanS})
+		}
+	}
+	tw.Flush()
+	fmt.Fprint(w, "planning time exponent (slope of log time over log N):")
+	for _, shape := range sortedKeys(exps) {
+		fmt.Fprintf(w, " %s %.2f", shape, slope(exps[shape]))
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "\nrestore (best of 2) against the syscall floor (best of 2); phases of the best run")
+	fmt.Fprintln(tw, "shape\tN\tmounts\trestore ms\tfloor ms\tratio\tcreate\tassemble\tsharing\tflags\tfinish\tsyscalls\tverify ms\trelease ms\t")
+	for _, r := range rows {
+		if r.Mode == "restore" && r.Error == "" {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.1f\t%.2f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%d\t%.1f\t%.1f\t\n", r.Shape, r.N, r.Mounts,
+				r.RestoreS*1e3, r.FloorS*1e3, r.Ratio, r.Phases["create"]*1e3, r.Phases["assemble"]*1e3,
+				r.Phases["sharing"]*1e3, r.Phases["flags"]*1e3, r.Phases["finish"]*1e3, r.Syscalls, r.VerifyS*1e3, r.ReleaseS*1e3)
+		}
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "\npost-restore (the CRIU hook) on a private restored tree, against the floor of its own syscalls")
+	fmt.Fprintln(tw, "shape\tN\tmounts\thook ms\tfloor ms\tratio\tsyscalls\tverify ms\t")
+	for _, r := range rows {
+		if r.Mode == "hook" && r.Error == "" {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.1f\t%.2f\t%d\t%.1f\t\n", r.Shape, r.N, r.Mounts, r.HookS*1e3, r.FloorS*1e3, r.Ratio, r.Syscalls, r.VerifyS*1e3)
+		}
+	}
+	tw.Flush()
+	if len(criu) > 0 {
+		fmt.Fprintln(w, "\nCRIU 4.2 (mounts' share of criu restore: a container with N peer binds, minus one with none)")
+		fmt.Fprintln(tw, "N\tCRIU ms\tCRIU+mntv2 ms\tmntv2 restore ms\tCRIU / mntv2\t")
+		for _, c := range criu {
+			fmt.Fprintf(tw, "%d\t%.1f\t%.1f\t%.1f\t%.1fx\t\n", c.N, c.CriuS*1e3, c.CriuMntv2S*1e3, c.Mntv2S*1e3, c.CriuS/c.Mntv2S)
+		}
+		tw.Flush()
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	var k []string
+	for s := range m {
+		k = append(k, s)
+	}
+	sort.Strings(k)
+	return k
+}
+
+// slope fits log(t) = a + b log(n) by least squares and returns b.
+func slope(pts [][2]float64) float64 {
+	var sx, sy, sxx, sxy float64
+	for _, p := range pts {
+		x, y := math.Log(p[0]), math.Log(p[1])
+		sx, sy, sxx, sxy = sx+x, sy+y, sxx+x*x, sxy+x*y
+	}
+	n := float64(len(pts))
+	if n < 2 || n*sxx-sx*sx == 0 {
+		return math.NaN()
+	}
+	return (n*sxy - sx*sy) / (n*sxx - sx*sx)
+}
+
+// plot draws restore time against N, log-log: mntv2 and the floor for the
+// peers shape, and CRIU where measured.
+func plot(rows []Row, criu []CriuRow) string {
+	type series struct {
+		name, color string
+		pts         [][2]float64
+	}
+	var mnt, flo series
+	mnt = series{name: "mntv2 restore (peers)", color: "#1f77b4"}
+	flo = series{name: "syscall floor (peers)", color: "#2ca02c"}
+	for _, r := range rows {
+		if r.Mode == "restore" && r.Shape == "peers" && r.Error == "" {
+			mnt.pts = append(mnt.pts, [2]float64{float64(r.Mounts), r.RestoreS})
+			flo.pts = append(flo.pts, [2]float64{float64(r.Mounts), r.FloorS})
+		}
+	}
+	all := []series{mnt, flo}
+	if len(criu) > 0 {
+		c := series{name: "CRIU 4.2 alone", color: "#d62728"}
+		cm := series{name: "CRIU 4.2 + mntv2 hook", color: "#ff7f0e"}
+		for _, r := range criu {
+			c.pts = append(c.pts, [2]float64{float64(r.N), r.CriuS})
+			cm.pts = append(cm.pts, [2]float64{float64(r.N), r.CriuMntv2S})
+		}
+		all = append(all, c, cm)
+	}
+	const W, H, L, B, T, R = 640.0, 420.0, 70.0, 50.0, 30.0, 20.0
+	x0, x1, y0, y1 := math.Log10(500), math.Log10(20000), math.Log10(1e-3), math.Log10(10)
+	px := func(n float64) float64 { return L + (math.Log10(n)-x0)/(x1-x0)*(W-L-R) }
+	py := func(s float64) float64 { return H - B - (math.Log10(math.Max(s, 1e-4))-y0)/(y1-y0)*(H-B-T) }
+	var b strings.Builder
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" font-family="sans-serif" font-size="12">`+"\n", W, H)
+	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/><text x="%.0f" y="18" font-size="14">restore time against mounts (log-log)</text>`+"\n", L)
+	for _, n := range []float64{1000, 2000, 5000, 10000} {
+		fmt.Fprintf(&b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#ddd"/><text x="%.1f" y="%.1f" text-anchor="middle">%.0f</text>`+"\n",
+			px(n), T, px(n), H-B, px(n), H-B+16, n)
+	}
+	for _, s := range []float64{1e-3, 1e-2, 1e-1, 1, 10} {
+		fmt.Fprintf(&b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#ddd"/><text x="%.1f" y="%.1f" text-anchor="end">%gs</text>`+"\n",
+			L, py(s), W-R, py(s), L-6, py(s)+4, s)
+	}
+	fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle">mounts</text>`+"\n", (L+W-R)/2, H-10)
+	for i, s := range all {
+		var pts []string
+		for _, p := range s.pts {
+			pts = append(pts, fmt.Sprintf("%.1f,%.1f", px(p[0]), py(p[1])))
+			fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="3" fill="%s"/>`+"\n", px(p[0]), py(p[1]), s.color)
+		}
+		fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>`+"\n", s.color, strings.Join(pts, " "))
+		fmt.Fprintf(&b, `<rect x="%.0f" y="%.0f" width="12" height="12" fill="%s"/><text x="%.0f" y="%.0f">%s</text>`+"\n",
+			L+10, T+8+float64(i)*18, s.color, L+28, T+18+float64(i)*18, s.name)
+	}
+	b.WriteString("</svg>\n")
+	return b.String()
+}
+
+// child runs one case: "mode:shape:n".
+func child(spec string) int {
+	parts := strings.SplitN(spec, ":", 3)
+	n, _ := strconv.Atoi(parts[2])
+	r := Row{Mode: parts[0], Shape: parts[1], N: n}
+	if p := os.Getenv("MNTV2_BENCH_CPUPROFILE"); p != "" {
+		f, err := os.Create(p)
+		if err == nil {
+			_ = pprof.StartCPUProfile(f)
+			defer pprof.StopCPUProfile()
+		}
+	}
+	if err := runCase(&r); err != nil {
+		r.Error = err.Error()
+	}
+	b, _ := json.Marshal(r)
+	os.Stdout.Write(b)
+	return 0
+}
+
+func scratch() (string, func(), error) {
+	dir, err := os.MkdirTemp("", "mntv2-bench-")
+	if err != nil {
+		return "", nil, err
+	}
+	return dir, func() { os.RemoveAll(dir) }, nil
+}
+
+var _ = filepath.Join
+var _ = time.Now
