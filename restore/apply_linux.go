@@ -48,8 +48,8 @@ type Result struct {
 	Helpers    int               `json:"helpers"`
 	Phases     []PhaseTime       `json:"phases"`
 	// Ops is the time spent in each kind of step.
-	Ops map[Op]*PhaseTime `json:"ops,omitempty"`
-	Syscalls   int               `json:"syscalls"`
+	Ops      map[Op]*PhaseTime `json:"ops,omitempty"`
+	Syscalls int               `json:"syscalls"`
 }
 
 // NamespaceResult is one restored namespace.
