@@ -222,7 +222,7 @@ func hookCase(r *Row, d *images.Dir, dir string) error {
 		}
 		// The floor: the same syscalls on a private tree of its own.
 		own := c.openLive + c.setGroup + c.prop
-		f, err := hookFloor(c, max(rep.Result.Syscalls-own, 0), r.Mounts)
+		f, err := hookFloor(c, max(rep.Result.Syscalls-own, 0))
 		if err != nil {
 			return fmt.Errorf("floor: %w", err)
 		}

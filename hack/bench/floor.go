@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/mntv2/mntv2/forest"
 	"github.com/mntv2/mntv2/restore"
 	"golang.org/x/sys/unix"
 )
@@ -154,7 +153,7 @@ func sharing(ms []int, setGroup, prop int) {
 // hookFloor does what post-restore's syscalls do, on a private tree of its
 // own with as many mounts: open_tree of each by path (no clone), the extra
 // move_mounts of peeling, set-group and propagation changes.
-func hookFloor(c counts, extraMoves int, mounts int) (time.Duration, error) {
+func hookFloor(c counts, extraMoves int) (time.Duration, error) {
 	var el time.Duration
 	err := inFreshNamespace(func() error {
 		box, err := os.MkdirTemp("", "mntv2-hookfloor-")
@@ -206,8 +205,5 @@ func hookFloor(c counts, extraMoves int, mounts int) (time.Duration, error) {
 		}
 		return nil
 	})
-	_ = mounts
 	return el, err
 }
-
-var _ = forest.Relatime

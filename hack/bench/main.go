@@ -11,14 +11,12 @@ import (
 	"math"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
-	"time"
 )
 
 // Row is one measured case.
@@ -294,6 +292,3 @@ func scratch() (string, func(), error) {
 	}
 	return dir, func() { os.RemoveAll(dir) }, nil
 }
-
-var _ = filepath.Join
-var _ = time.Now
