@@ -23,6 +23,7 @@ const (
 	UnknownFS      Problem = "unknown filesystem type"
 	BadPath        Problem = "bad path"
 	NoNamespace    Problem = "no mounts"
+	ZeroID         Problem = "mount id 0"
 )
 
 // ValidationError is one problem found in a forest, naming the namespace and
@@ -128,6 +129,12 @@ func linkNamespace(ns *Namespace, p *problems) {
 		if err := checkPaths(m); err != "" {
 			p.add(&ValidationError{Problem: BadPath, NS: ns.ID, MountID: m.ID, Mountpoint: m.Mountpoint, Detail: err})
 			badPaths = true
+			continue
+		}
+		if m.ID == 0 {
+			// The kernel numbers mounts from 1, and 0 means "none" in
+			// mntv2's plans (found by FuzzPlan).
+			p.add(&ValidationError{Problem: ZeroID, NS: ns.ID, Mountpoint: m.Mountpoint, Detail: "mount ids start at 1"})
 			continue
 		}
 		if m.FSType == "" && m.External == "" {

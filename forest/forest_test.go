@@ -289,3 +289,13 @@ func TestFlagsRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// Regression (FuzzPlan): a mount id 0 is refused, naming the problem.
+func TestZeroMountID(t *testing.T) {
+	_, err := Build([]NamespaceMounts{{ID: 1, Mounts: []Mount{
+		{ID: 0, ParentID: 0, Mountpoint: "/", Root: "/", FSType: "tmpfs"},
+	}}})
+	if err == nil || !strings.Contains(err.Error(), "mount id 0") {
+		t.Fatalf("got %v, want a mount id 0 error", err)
+	}
+}

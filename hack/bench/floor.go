@@ -15,7 +15,6 @@ import (
 // counts are the mount syscalls a plan makes, by kind.
 type counts struct {
 	newSB, bind, attach, setGroup, prop, setFlags, openLive int
-	moves                                                   int // extra move_mounts (the live plan's peeling)
 }
 
 func countSteps(p *restore.Plan) counts {
