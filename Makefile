@@ -36,11 +36,15 @@ e2e: build
 bench: build
 	hack/bench.sh
 
-# Every fuzz target for FUZZTIME each.
+# Every fuzz target for FUZZTIME each (no test timeout: go test's default
+# of 10 minutes would end longer runs).
+FUZZ = $(GO) test -run '^$$' -timeout 0 -fuzztime $(FUZZTIME) -fuzz
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./images
-	$(GO) test -run '^$$' -fuzz '^FuzzBuildFromImage$$' -fuzztime $(FUZZTIME) ./forest
-	$(GO) test -run '^$$' -fuzz '^FuzzMountinfo$$' -fuzztime $(FUZZTIME) ./forest
+	$(FUZZ) '^FuzzParse$$' ./images
+	$(FUZZ) '^FuzzBuildFromImage$$' ./forest
+	$(FUZZ) '^FuzzMountinfo$$' ./forest
+	$(FUZZ) '^FuzzPlan$$' ./restore
+	$(FUZZ) '^FuzzTmpfs$$' ./restore
 
 demo: build
 	hack/demo.sh

@@ -32,7 +32,8 @@ func extractTmpfs(r io.Reader, rootfd int, limit int64) error {
 	}
 	defer zr.Close()
 	tr := tar.NewReader(zr)
-	budget := limit
+	x := &extraction{rootfd: rootfd, budget: limit, dirfd: -1}
+	defer x.close()
 	for n := 0; ; n++ {
 		hdr, err := tr.Next()
 		if err == io.EOF {
@@ -48,7 +49,7 @@ func extractTmpfs(r io.Reader, rootfd int, limit int64) error {
 		if err != nil {
 			return fmt.Errorf("tmpfs archive, entry %q: %w", hdr.Name, err)
 		}
-		if err := extractEntry(tr, hdr, rootfd, name, &budget); err != nil {
+		if err := x.entry(tr, hdr, name); err != nil {
 			return fmt.Errorf("tmpfs archive, entry %q: %w", hdr.Name, err)
 		}
 	}
@@ -63,6 +64,9 @@ func entryName(name string) (string, error) {
 	if strings.ContainsRune(name, 0) {
 		return "", errors.New("NUL in path")
 	}
+	if len(name) >= unix.PathMax {
+		return "", fmt.Errorf("path of %d bytes: longer than PATH_MAX", len(name))
+	}
 	for _, c := range strings.Split(name, "/") {
 		if c == ".." {
 			return "", errors.New(`".." in path`)
@@ -71,7 +75,51 @@ func entryName(name string) (string, error) {
 	return path.Clean(name), nil
 }
 
-func extractEntry(tr *tar.Reader, hdr *tar.Header, rootfd int, name string, budget *int64) error {
+// extraction is the state of one archive's extraction.
+type extraction struct {
+	rootfd int
+	budget int64 // file bytes left
+	walked int   // path components resolved so far
+	dir    string
+	dirfd  int // the directory of the last entry, kept for the next
+}
+
+// maxWalked bounds the path components resolved for one archive: a
+// million entries each at the bottom of a different deep tree would
+// otherwise cost billions of lookups.
+const maxWalked = 1 << 23
+
+func (x *extraction) close() {
+	if x.dirfd >= 0 {
+		unix.Close(x.dirfd)
+		x.dirfd = -1
+	}
+}
+
+// parent opens (creating it if needed) the directory dir of an entry; the
+// last one is kept, since archives list a directory's entries together.
+func (x *extraction) parent(dir string) (int, error) {
+	if dir == "" {
+		return x.rootfd, nil
+	}
+	if x.dirfd >= 0 && x.dir == dir {
+		return x.dirfd, nil
+	}
+	x.walked += strings.Count(dir, "/") + 1
+	if x.walked > maxWalked {
+		return -1, fmt.Errorf("more than %d path components in all: refusing the archive", maxWalked)
+	}
+	fd, err := openMountpoint(x.rootfd, dir, true, nil)
+	if err != nil {
+		return -1, err
+	}
+	x.close()
+	x.dir, x.dirfd = dir, fd
+	return fd, nil
+}
+
+func (x *extraction) entry(tr *tar.Reader, hdr *tar.Header, name string) error {
+	rootfd, budget := x.rootfd, &x.budget
 	mode := uint32(hdr.Mode) & 0o7777
 	if name == "." {
 		if hdr.Typeflag != tar.TypeDir {
@@ -80,14 +128,9 @@ func extractEntry(tr *tar.Reader, hdr *tar.Header, rootfd int, name string, budg
 		return setAttrs(rootfd, "", hdr, mode)
 	}
 	dir, base := path.Split(name)
-	parent := rootfd
-	if dir != "" {
-		fd, err := openMountpoint(rootfd, strings.TrimSuffix(dir, "/"), true, nil)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		parent = fd
+	parent, err := x.parent(strings.TrimSuffix(dir, "/"))
+	if err != nil {
+		return err
 	}
 	switch hdr.Typeflag {
 	case tar.TypeDir:

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -198,5 +199,29 @@ func TestTmpfsSizeLimit(t *testing.T) {
 		if got := tmpfsSizeLimit(opts); got != want {
 			t.Errorf("%q: %d, want %d", opts, got, want)
 		}
+	}
+}
+
+// Long and deep paths: a name longer than PATH_MAX is refused; a deep but
+// legal tree extracts, one lookup of its directory for all its entries.
+func TestTmpfsLongAndDeepPaths(t *testing.T) {
+	long := strings.Repeat("a", 5000)
+	if _, _, err := extractInto(t, archive(t, entry{name: long, typ: tar.TypeReg, mode: 0o644}), 1<<20); err == nil || !strings.Contains(err.Error(), "PATH_MAX") {
+		t.Errorf("a %d-byte name: %v, want PATH_MAX", len(long), err)
+	}
+	deep := strings.TrimSuffix(strings.Repeat("d/", 1500), "/")
+	var entries []entry
+	for i := 0; i < 200; i++ {
+		entries = append(entries, entry{name: fmt.Sprintf("%s/f%d", deep, i), typ: tar.TypeReg, mode: 0o644, data: "x"})
+	}
+	root, outside, err := extractInto(t, archive(t, entries...), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(root, deep, "f199")); err != nil || string(b) != "x" {
+		t.Errorf("deep file: %q %v", b, err)
+	}
+	if got := listTree(t, outside); got != ". drwxr-xr-x\ncanary -rw-r--r--" {
+		t.Errorf("outside changed:\n%s", got)
 	}
 }
