@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/mntv2/mntv2/images"
 )
@@ -137,16 +138,19 @@ func PreRestore(d *images.Dir, owner int, s Settings) error {
 	if log == nil {
 		log = slog.Default()
 	}
-	man, err := Strip(d, owner, nil)
+	// The watcher first: from the first byte rewritten on, the originals
+	// come back if CRIU (or this hook) dies.
+	token := NewToken()
+	if err := StartWatcher(d, owner, token, s.LogFile); err != nil {
+		return fmt.Errorf("pre-restore: start the watcher that keeps the images safe: %w", err)
+	}
+	man, err := Strip(d, owner, token, pauseAt(os.Getenv("MNTV2_TEST_PAUSE"), log))
 	if err != nil {
 		return fmt.Errorf("pre-restore: images %s: %w", d.Path(), err)
 	}
 	if man == nil {
 		log.Info("pre-restore: no mount of the images has sharing; nothing to rewrite")
 		return nil
-	}
-	if err := StartWatcher(d, owner, man.Token, s.LogFile); err != nil {
-		return undo(d, fmt.Errorf("pre-restore: start the watcher that keeps the images safe: %w", err))
 	}
 	var names []string
 	for _, f := range man.Files {
@@ -158,3 +162,20 @@ func PreRestore(d *images.Dir, owner int, s Settings) error {
 }
 
 var errWatcher = errors.New("watcher did not start")
+
+// pauseAt is for robustness tests only: with MNTV2_TEST_PAUSE=STEP (a step
+// of the rewrite: "manifest", "backup mountpoints-10.img", "rewrite
+// mountpoints-10.img"), pre-restore stops before it, says so on stderr and
+// sleeps 30 seconds, so a test can kill it there.
+func pauseAt(step string, log *slog.Logger) func(string) error {
+	if step == "" {
+		return nil
+	}
+	return func(s string) error {
+		if s == step {
+			fmt.Fprintf(os.Stderr, "mntv2: paused before %s\n", s)
+			time.Sleep(30 * time.Second)
+		}
+		return nil
+	}
+}

@@ -71,7 +71,10 @@ var ErrReadOnly = errors.New("images directory is not writable: mntv2 must rewri
 // originals, for the CRIU process owner. It first recovers any earlier
 // rewrite, so running it twice, or after a crash, starts from the
 // originals. It returns nil when no image needs a change.
-func Strip(d *images.Dir, owner int, fail func(step string) error) (*Manifest, error) {
+// The rewrite is named by token (a new one when empty): its watcher knows
+// it by that. fail, when set, runs before each write (tests use it to stop
+// the rewrite there, as a crash would).
+func Strip(d *images.Dir, owner int, token string, fail func(step string) error) (*Manifest, error) {
 	if fail == nil {
 		fail = func(string) error { return nil }
 	}
@@ -94,9 +97,10 @@ func Strip(d *images.Dir, owner int, fail func(step string) error) (*Manifest, e
 	if err != nil {
 		return nil, err
 	}
-	var rnd [16]byte
-	_, _ = rand.Read(rnd[:])
-	man := &Manifest{Version: 1, Token: hex.EncodeToString(rnd[:]), Owner: owner, Helpers: helpers}
+	if token == "" {
+		token = NewToken()
+	}
+	man := &Manifest{Version: 1, Token: token, Owner: owner, Helpers: helpers}
 	rewritten := map[string][]byte{}
 	for _, id := range ids {
 		name := images.MountpointsFile(id)
@@ -158,6 +162,13 @@ func Strip(d *images.Dir, owner int, fail func(step string) error) (*Manifest, e
 		}
 	}
 	return man, nil
+}
+
+// NewToken names a rewrite.
+func NewToken() string {
+	var rnd [16]byte
+	_, _ = rand.Read(rnd[:])
+	return hex.EncodeToString(rnd[:])
 }
 
 // undo recovers after a failed rewrite and returns err (joined with a

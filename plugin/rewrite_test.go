@@ -88,7 +88,7 @@ func TestStripAndRecover(t *testing.T) {
 	dir := copyImages(t, "06-nested-mntns-peers")
 	orig := snapshot(t, dir)
 	d := openDir(t, dir)
-	man, err := Strip(d, 1, nil)
+	man, err := Strip(d, 1, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,11 +129,11 @@ func TestStripTwiceStartsFromOriginals(t *testing.T) {
 	dir := copyImages(t, "01-seed-reverse-order")
 	orig := snapshot(t, dir)
 	d := openDir(t, dir)
-	if _, err := Strip(d, 1, nil); err != nil {
+	if _, err := Strip(d, 1, "", nil); err != nil {
 		t.Fatal(err)
 	}
 	once := snapshot(t, dir)
-	if _, err := Strip(d, 2, nil); err != nil {
+	if _, err := Strip(d, 2, "", nil); err != nil {
 		t.Fatal(err)
 	}
 	twice := snapshot(t, dir)
@@ -150,7 +150,7 @@ func TestStripTwiceStartsFromOriginals(t *testing.T) {
 func TestStripNothingToDo(t *testing.T) {
 	dir := copyImages(t, "05-overmounts")
 	orig := snapshot(t, dir)
-	man, err := Strip(openDir(t, dir), 1, nil)
+	man, err := Strip(openDir(t, dir), 1, "", nil)
 	if err != nil || man != nil {
 		t.Fatalf("Strip of images without sharing = %+v, %v; want nil, nil", man, err)
 	}
@@ -163,7 +163,7 @@ func TestStripNothingToDo(t *testing.T) {
 func TestStripCrashAtEveryStep(t *testing.T) {
 	var steps []string
 	probe := copyImages(t, "06-nested-mntns-peers")
-	if _, err := Strip(openDir(t, probe), 1, func(s string) error { steps = append(steps, s); return nil }); err != nil {
+	if _, err := Strip(openDir(t, probe), 1, "", func(s string) error { steps = append(steps, s); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if len(steps) != 5 { // manifest, 2 backups, 2 rewrites
@@ -176,7 +176,7 @@ func TestStripCrashAtEveryStep(t *testing.T) {
 			orig := snapshot(t, dir)
 			d := openDir(t, dir)
 			i := 0
-			_, err := Strip(d, 1, func(string) error {
+			_, err := Strip(d, 1, "", func(string) error {
 				i++
 				if i > k {
 					return crash
@@ -197,7 +197,7 @@ func TestStripCrashAtEveryStep(t *testing.T) {
 				t.Fatalf("crash at %s: Recover: %v", steps[k], err)
 			}
 			sameSnapshot(t, "crash at "+steps[k], orig, snapshot(t, dir))
-			if _, err := Strip(d, 1, nil); err != nil {
+			if _, err := Strip(d, 1, "", nil); err != nil {
 				t.Fatalf("crash at %s: the next Strip: %v", steps[k], err)
 			}
 			if _, err := Recover(d); err != nil {
@@ -213,7 +213,7 @@ func TestRecoverCorruptManifest(t *testing.T) {
 	dir := copyImages(t, "01-seed-reverse-order")
 	orig := snapshot(t, dir)
 	d := openDir(t, dir)
-	if _, err := Strip(d, 1, nil); err != nil {
+	if _, err := Strip(d, 1, "", nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, ManifestName), []byte("{garbage"), 0o600); err != nil {
@@ -238,7 +238,7 @@ func TestStripReadOnlyDir(t *testing.T) {
 	if err := unix.Mount("", dir, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, ""); err != nil {
 		t.Fatal(err)
 	}
-	_, err := Strip(openDir(t, dir), 1, nil)
+	_, err := Strip(openDir(t, dir), 1, "", nil)
 	if !errors.Is(err, ErrReadOnly) || !strings.Contains(err.Error(), "not writable") {
 		t.Fatalf("Strip on a read-only directory: %v; want ErrReadOnly", err)
 	}
@@ -256,7 +256,7 @@ func TestWatcherRecoversWhenOwnerDies(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = owner.Process.Kill(); _ = owner.Wait() }()
-	man, err := Strip(d, owner.Process.Pid, nil)
+	man, err := Strip(d, owner.Process.Pid, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -37,6 +37,12 @@ type Options struct {
 	// image namespace id.
 	Live map[uint32]*LiveNamespace
 
+	// Stop, when closed, makes Apply stop before its next step and roll
+	// back (SIGTERM of mntv2 restore).
+	Stop <-chan struct{}
+	// BeforeStep, when set, runs before each step (on the step's thread).
+	BeforeStep func(Plan *Plan, s Step)
+
 	// FailSyscall makes the N-th mount syscall (counting from 1) fail with
 	// ErrInjected: for fault-injection tests only.
 	FailSyscall int
@@ -229,6 +235,16 @@ func (a *applier) executor(s Step) uint32 {
 func (a *applier) runBatch(where uint32, from, to int, res *Result) error {
 	run := func() error {
 		for i := from; i < to; i++ {
+			if a.opt.Stop != nil {
+				select {
+				case <-a.opt.Stop:
+					return a.stepError(i, ErrStopped)
+				default:
+				}
+			}
+			if a.opt.BeforeStep != nil {
+				a.opt.BeforeStep(a.plan, a.plan.Steps[i])
+			}
 			start := time.Now()
 			if err := a.do(a.plan.Steps[i]); err != nil {
 				return a.stepError(i, err)

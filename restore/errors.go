@@ -54,3 +54,6 @@ func sysErr(call string, err error) error {
 
 // ErrInjected is the error of a syscall failed on purpose (Options.FailSyscall).
 var ErrInjected = errors.New("injected failure")
+
+// ErrStopped is the cause of a restore stopped by Options.Stop.
+var ErrStopped = errors.New("stopped by a signal; rolled back")

@@ -120,6 +120,11 @@ func (x *extraction) parent(dir string) (int, error) {
 
 func (x *extraction) entry(tr *tar.Reader, hdr *tar.Header, name string) error {
 	rootfd, budget := x.rootfd, &x.budget
+	if hdr.Typeflag != tar.TypeReg && hdr.Size != 0 {
+		// Only files carry data; skipping a directory's claimed terabytes
+		// would decompress them all (a gzip bomb).
+		return fmt.Errorf("a %q entry with %d bytes of data", hdr.Typeflag, hdr.Size)
+	}
 	mode := uint32(hdr.Mode) & 0o7777
 	if name == "." {
 		if hdr.Typeflag != tar.TypeDir {

@@ -5,7 +5,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/mntv2/mntv2/images"
@@ -74,6 +78,21 @@ sources, tmpfs archives, pin dir) without changing anything.`,
 					len(plan.Steps), plan.Len(), plan.Helpers)
 				return nil
 			}
+			// SIGTERM, SIGINT or SIGHUP stop the restore before its next
+			// step and roll it back.
+			stop := make(chan struct{})
+			sigs := make(chan os.Signal, 1)
+			signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+			defer signal.Stop(sigs)
+			go func() {
+				if _, ok := <-sigs; ok {
+					close(stop)
+				}
+			}()
+			opt.Stop = stop
+			// For robustness tests only: fail the N-th mount syscall.
+			opt.FailSyscall, _ = strconv.Atoi(os.Getenv("MNTV2_FAIL_SYSCALL"))
+			opt.BeforeStep = pauseBefore(os.Getenv("MNTV2_TEST_PAUSE"), stop)
 			res, err := restore.Apply(plan, opt)
 			if err != nil {
 				return fmt.Errorf("restore failed, nothing was left behind: %w", err)
@@ -106,6 +125,29 @@ sources, tmpfs archives, pin dir) without changing anything.`,
 		_ = cmd.MarkFlagRequired(n)
 	}
 	return cmd
+}
+
+// pauseBefore is for robustness tests only: with MNTV2_TEST_PAUSE=PHASE
+// (create, assemble, sharing, flags, finish) the restore stops before the
+// first step of that phase, says so on stderr, and waits up to 30 seconds
+// or until stopped, so a test can signal it there.
+func pauseBefore(phase string, stop <-chan struct{}) func(*restore.Plan, restore.Step) {
+	if phase == "" {
+		return nil
+	}
+	var once sync.Once
+	return func(p *restore.Plan, s restore.Step) {
+		if p.Phase(s) != phase {
+			return
+		}
+		once.Do(func() {
+			fmt.Fprintf(os.Stderr, "mntv2: paused before phase %s\n", phase)
+			select {
+			case <-stop:
+			case <-time.After(30 * time.Second):
+			}
+		})
+	}
 }
 
 func newReleaseCommand() *cobra.Command {
