@@ -135,6 +135,7 @@ func linkNamespace(ns *Namespace, p *problems) {
 			// The kernel numbers mounts from 1, and 0 means "none" in
 			// mntv2's plans (found by FuzzPlan).
 			p.add(&ValidationError{Problem: ZeroID, NS: ns.ID, Mountpoint: m.Mountpoint, Detail: "mount ids start at 1"})
+			badPaths = true // left unlinked: stop before walking the tree
 			continue
 		}
 		if m.FSType == "" && m.External == "" {
@@ -229,7 +230,7 @@ func linkNamespace(ns *Namespace, p *problems) {
 // mount comes round again: that mount is on the cycle.
 func onCycle(m *Mount) *Mount {
 	seen := map[*Mount]bool{}
-	for !seen[m] {
+	for !seen[m] && m.Parent != nil {
 		seen[m] = true
 		m = m.Parent
 	}

@@ -299,3 +299,16 @@ func TestZeroMountID(t *testing.T) {
 		t.Fatalf("got %v, want a mount id 0 error", err)
 	}
 }
+
+// Regression (FuzzPlan): a mount id 0 that others name as parent does not
+// crash the cycle search.
+func TestZeroMountIDAsParent(t *testing.T) {
+	_, err := Build([]NamespaceMounts{{ID: 1, Mounts: []Mount{
+		{ID: 1, ParentID: 1, Mountpoint: "/", Root: "/", FSType: "tmpfs"},
+		{ID: 0, ParentID: 2, Mountpoint: "/a", Root: "/", FSType: "tmpfs"},
+		{ID: 2, ParentID: 0, Mountpoint: "/a/b", Root: "/", FSType: "tmpfs"},
+	}}})
+	if err == nil || !strings.Contains(err.Error(), "mount id 0") {
+		t.Fatalf("got %v, want a mount id 0 error", err)
+	}
+}
