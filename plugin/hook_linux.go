@@ -119,6 +119,9 @@ func Hook(getenv func(string) string, s Settings, log *slog.Logger) error {
 	case "pre-restore":
 		return PreRestore(d, os.Getppid(), s)
 	default:
+		if pause := pauseAt(os.Getenv("MNTV2_TEST_PAUSE"), log); pause != nil {
+			_ = pause("post-restore")
+		}
 		pid, err := strconv.Atoi(getenv(EnvInitPID))
 		if err != nil || pid <= 0 {
 			return fmt.Errorf("post-restore: %s=%q is not a pid", EnvInitPID, getenv(EnvInitPID))
@@ -165,7 +168,7 @@ var errWatcher = errors.New("watcher did not start")
 
 // pauseAt is for robustness tests only: with MNTV2_TEST_PAUSE=STEP (a step
 // of the rewrite: "manifest", "backup mountpoints-10.img", "rewrite
-// mountpoints-10.img"), pre-restore stops before it, says so on stderr and
+// mountpoints-10.img"; or "post-restore"), the hook stops before it, says so on stderr and
 // sleeps 30 seconds, so a test can kill it there.
 func pauseAt(step string, log *slog.Logger) func(string) error {
 	if step == "" {

@@ -133,3 +133,31 @@ func TestLivePlanHostMaster(t *testing.T) {
 		t.Errorf("missing host group: %v", err)
 	}
 }
+
+// A 100,000-deep chain of stacked mounts plans (full and live) without
+// recursion limits and in linear time.
+func TestPlanDeepChain(t *testing.T) {
+	const n = 100000
+	ms := make([]forest.Mount, n)
+	for i := range ms {
+		ms[i] = forest.Mount{ID: uint32(i + 1), ParentID: uint32(i), Mountpoint: "/", Root: "/", FSType: "tmpfs", Source: "t",
+			Dev: 2, Flags: forest.Relatime, PeerGroup: uint32(i % 2)}
+	}
+	ms[0].Dev = 1
+	f, err := forest.Build([]forest.NamespaceMounts{{ID: 1, Mounts: ms}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := NewPlan(Input{Forest: f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(plan.Steps); got < 2*(n-1) {
+		t.Errorf("%d steps for %d mounts", got, n)
+	}
+	live, err := NewLivePlan(Input{Forest: f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkLivePlan(t, f, live)
+}

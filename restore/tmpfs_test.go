@@ -160,9 +160,19 @@ func TestExtractTmpfsHostile(t *testing.T) {
 			{name: "a", typ: tar.TypeReg, data: strings.Repeat("x", 60)},
 			{name: "b", typ: tar.TypeReg, data: strings.Repeat("x", 60)}}, 100, "exceed"},
 		{"root is a file", []entry{{name: ".", typ: tar.TypeReg, data: "x"}}, 0, "not a directory"},
+		{"a sparse file", []entry{dir, {name: "s", typ: tar.TypeGNUSparse}}, 0, "tmpfs archive"},
+		{"a fifo then a file through it", []entry{dir,
+			{name: "p", typ: tar.TypeFifo},
+			{name: "p/x", typ: tar.TypeReg, data: "x"}}, 0, "not a directory"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
+			fds := openFDs(t)
+			defer func() {
+				if got := openFDs(t); got != fds {
+					t.Errorf("%d fds open after, %d before", got, fds)
+				}
+			}()
 			limit := c.limit
 			if limit == 0 {
 				limit = 1 << 20
@@ -179,6 +189,15 @@ func TestExtractTmpfsHostile(t *testing.T) {
 			}
 		})
 	}
+	t.Run("data on a directory (a gzip bomb to skip)", func(t *testing.T) {
+		_, outside, err := extractInto(t, dirWithData(t, 8<<20), 1<<20)
+		if err == nil || !strings.Contains(err.Error(), "bytes of data") {
+			t.Errorf("got %v, want an error saying %q", err, "bytes of data")
+		}
+		if got := listTree(t, outside); got != ". drwxr-xr-x\ncanary -rw-r--r--" {
+			t.Errorf("outside changed:\n%s", got)
+		}
+	})
 	for name, data := range map[string][]byte{
 		"not gzip":       []byte("this is not an archive"),
 		"truncated gzip": archive(t, dir, entry{name: "f", typ: tar.TypeReg, data: strings.Repeat("y", 5000)})[:40],
@@ -224,4 +243,73 @@ func TestTmpfsLongAndDeepPaths(t *testing.T) {
 	if got := listTree(t, outside); got != ". drwxr-xr-x\ncanary -rw-r--r--" {
 		t.Errorf("outside changed:\n%s", got)
 	}
+}
+
+// openFDs counts this process's open fds.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// Device nodes, fifos and setuid or setgid files are restored as the
+// archive has them (as CRIU does), inside the new tmpfs only; the mount's
+// own nodev/nosuid flags come from the images.
+func TestTmpfsNodesAndSetuid(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mknod of a device needs root")
+	}
+	dir := entry{name: "./", typ: tar.TypeDir, mode: 0o755}
+	root, outside, err := extractInto(t, archive(t, dir,
+		entry{name: "null", typ: tar.TypeChar, mode: 0o666},
+		entry{name: "fifo", typ: tar.TypeFifo, mode: 0o600},
+		entry{name: "suid", typ: tar.TypeReg, mode: 0o4755, data: "#!/bin/sh\n"},
+		entry{name: "sgid", typ: tar.TypeDir, mode: 0o2775}), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]os.FileMode{
+		"null": os.ModeDevice | os.ModeCharDevice | 0o666, "fifo": os.ModeNamedPipe | 0o600,
+		"suid": os.ModeSetuid | 0o755, "sgid": os.ModeDir | os.ModeSetgid | 0o775,
+	} {
+		fi, err := os.Lstat(filepath.Join(root, name))
+		if err != nil || fi.Mode() != want {
+			t.Errorf("%s: %v %v, want %v", name, fi.Mode(), err, want)
+		}
+	}
+	if got := listTree(t, outside); got != ". drwxr-xr-x\ncanary -rw-r--r--" {
+		t.Errorf("outside changed:\n%s", got)
+	}
+}
+
+// dirWithData is a gzipped tar whose directory entry claims n bytes of
+// data (zeros, which compress to almost nothing): tar writers refuse to
+// make one, so a file entry's header is patched.
+func dirWithData(t *testing.T, n int) []byte {
+	t.Helper()
+	var raw bytes.Buffer
+	tw := tar.NewWriter(&raw)
+	if err := tw.WriteHeader(&tar.Header{Name: "d", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(n)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write(make([]byte, n)); err != nil {
+		t.Fatal(err)
+	}
+	tw.Close()
+	b := raw.Bytes()
+	b[156] = tar.TypeDir
+	copy(b[148:156], "        ")
+	sum := 0
+	for _, c := range b[:512] {
+		sum += int(c)
+	}
+	copy(b[148:156], fmt.Sprintf("%06o\x00 ", sum))
+	var out bytes.Buffer
+	zw := gzip.NewWriter(&out)
+	zw.Write(b)
+	zw.Close()
+	return out.Bytes()
 }

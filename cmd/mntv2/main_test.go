@@ -176,6 +176,42 @@ func TestHostileImagesExit2(t *testing.T) {
 			ms[0].Mountpoint = "/tmp/../../etc"
 			return ms
 		}), `contains ".."`},
+		{"NUL in a root", rewriteMounts(func(ms []images.Mount) []images.Mount {
+			ms[1].Root = "/a\x00b"
+			return ms
+		}), "NUL"},
+		{"path longer than PATH_MAX", rewriteMounts(func(ms []images.Mount) []images.Mount {
+			ms[1].Mountpoint = "/" + strings.Repeat("x", 5000)
+			return ms
+		}), "longer than 4096 bytes"},
+		{"two mounts on one mountpoint of one parent", rewriteMounts(func(ms []images.Mount) []images.Mount {
+			for _, m := range ms {
+				if m.Mountpoint == "/tmp/q" {
+					m.MntID = 900
+					return append(ms, m)
+				}
+			}
+			return ms
+		}), "two mounts on one mountpoint"},
+		{"fstype out of range", rewriteMounts(func(ms []images.Mount) []images.Mount {
+			for i := range ms {
+				if ms[i].Mountpoint == "/tmp/q" {
+					ms[i].FSType, ms[i].FSName = 9999, ""
+				}
+			}
+			return ms
+		}), "fstype code 9999"},
+		{"mount id 0", rewriteMounts(func(ms []images.Mount) []images.Mount {
+			ms[1].MntID = 0
+			return ms
+		}), "mount id 0"},
+		{"a million empty records", raw(func(b []byte) []byte {
+			return append(b, make([]byte, 4<<20)...) // a u32 length of 0, a million times
+		}), "undecodable record"},
+		{"the image of another namespace", func(t *testing.T, dir string) {
+			b, _ := os.ReadFile(filepath.Join(dir, mp))
+			os.WriteFile(filepath.Join(dir, "mountpoints-11.img"), b, 0o600)
+		}, "duplicate mount id"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -421,6 +422,73 @@ func TestRobustSignals(t *testing.T) {
 				// thread is reaped.
 				time.Sleep(50 * time.Millisecond)
 				s.check()
+			})
+		}
+	}
+}
+
+// The CRIU hook killed (SIGKILL or SIGTERM) at every step of its image
+// rewrite, and at the start of post-restore: a stand-in for CRIU (a shell,
+// the hook's parent) then exits, and the watcher puts the images back
+// byte-identical.
+func TestRobustHookKilled(t *testing.T) {
+	steps := []string{"manifest", "backup mountpoints-10.img", "rewrite mountpoints-10.img", "post-restore"}
+	for _, step := range steps {
+		for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
+			t.Run(step+"/"+sig.String(), func(t *testing.T) {
+				dir := copyImages(t, "01-seed-reverse-order")
+				before := fileDigests(t, dir)
+				script := `"$0"`
+				if step == "post-restore" {
+					script = `"$0" && CRTOOLS_SCRIPT_ACTION=post-restore MNTV2_TEST_PAUSE=post-restore "$0"`
+				}
+				criu := exec.Command("sh", "-c", script+"; sleep 30", binary_)
+				criu.Env = append(os.Environ(), "CRTOOLS_SCRIPT_ACTION=pre-restore", "CRTOOLS_IMAGE_DIR="+dir,
+					"CRTOOLS_INIT_PID=1")
+				if step != "post-restore" {
+					criu.Env = append(criu.Env, "MNTV2_TEST_PAUSE="+step)
+				}
+				stderr, err := criu.StderrPipe()
+				must(t, err)
+				must(t, criu.Start())
+				defer func() { _ = criu.Process.Kill(); _ = criu.Wait() }()
+				r := bufio.NewReader(stderr)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						t.Fatalf("the hook never paused before %s", step)
+					}
+					if strings.Contains(line, "paused before "+step) {
+						break
+					}
+				}
+				go func() { _, _ = bufio.NewReader(r).WriteTo(io.Discard) }()
+				kids, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", criu.Process.Pid, criu.Process.Pid))
+				must(t, err)
+				var hook int
+				if _, err := fmt.Sscan(string(kids), &hook); err != nil {
+					t.Fatalf("no hook process under the stand-in: %q", kids)
+				}
+				must(t, syscall.Kill(hook, sig))
+				time.Sleep(50 * time.Millisecond)
+				// CRIU ends (it would abort the restore).
+				_ = criu.Process.Kill()
+				_ = criu.Wait()
+				deadline := time.Now().Add(10 * time.Second)
+				for {
+					got := fileDigests(t, dir)
+					if fmt.Sprint(got) == fmt.Sprint(before) {
+						break
+					}
+					if time.Now().After(deadline) {
+						var names []string
+						for n := range got {
+							names = append(names, n)
+						}
+						t.Fatalf("the images were not put back: %v", names)
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
 			})
 		}
 	}
