@@ -107,6 +107,7 @@ type applier struct {
 	workers  map[uint32]*worker
 	nsFds    map[uint32]int
 	baseNS   int
+	rootLock int
 	pinDir   int
 	created  []created // persistent mountpoints made, in order
 	attached map[uint32][]Handle
@@ -130,7 +131,7 @@ func Apply(plan *Plan, opt Options) (res *Result, err error) {
 	}
 	a := &applier{plan: plan, opt: opt, fds: make([]int, len(plan.Handles)),
 		workers: map[uint32]*worker{}, nsFds: map[uint32]int{}, attached: map[uint32][]Handle{},
-		baseNS: -1, pinDir: -1}
+		baseNS: -1, pinDir: -1, rootLock: -1}
 	for i := range a.fds {
 		a.fds[i] = -1
 	}
@@ -193,6 +194,17 @@ func (a *applier) prepare() error {
 		return nil
 	}
 	if a.plan.Len() > 0 {
+		// One restore at a time per root: a rollback removes the
+		// mountpoints it made in the root, and removing a mountpoint
+		// detaches what another namespace has mounted on it.
+		rfd, err := unix.Open(a.opt.Root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fail("restore root "+a.opt.Root, sysErr("open", err))
+		}
+		a.rootLock = rfd
+		if err := unix.Flock(rfd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			return fail("restore root "+a.opt.Root, fmt.Errorf("in use by another mntv2 restore (flock: %w)", err))
+		}
 		if err := os.MkdirAll(a.opt.PinDir, 0o700); err != nil {
 			return fail("pin dir "+a.opt.PinDir, err)
 		}
@@ -713,7 +725,7 @@ func (a *applier) release() {
 	for _, w := range a.workers {
 		w.stop()
 	}
-	for _, fd := range []int{a.baseNS, a.pinDir} {
+	for _, fd := range []int{a.baseNS, a.pinDir, a.rootLock} {
 		if fd >= 0 {
 			unix.Close(fd)
 		}

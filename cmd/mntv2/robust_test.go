@@ -360,7 +360,9 @@ func TestRobustSystem(t *testing.T) {
 			case 0:
 				ok++
 			case 1, 2:
-				mustContain(t, errs[i], "mntns-10")
+				if !strings.Contains(errs[i], "in use by another mntv2 restore") && !strings.Contains(errs[i], "mntns-10") {
+					t.Errorf("the loser says %q", errs[i])
+				}
 			default:
 				t.Errorf("exit %d: %s", c, errs[i])
 			}
