@@ -23,8 +23,8 @@ scratch=$(mktemp -d /tmp/mntv2-bench-criu.XXXXXX)
 
 now() { date +%s%N; }
 
-# best3 CMD...: the best wall time of three runs, in seconds; each run's
-# restored tree (pidfile $pidf) is killed after.
+# best3 CMD...: the best wall time of three runs, in ns; after each run,
+# untimed, the restored tree (pidfile $pidf) is killed and $after runs.
 best3() {
 	local best= t0 t1 i
 	for i in 1 2 3; do
@@ -33,6 +33,7 @@ best3() {
 		"$@" >/dev/null 2>&1 || { echo "bench-criu: failed: $*" >&2; return 1; }
 		t1=$(now)
 		[ -s "$pidf" ] && kill_tree "$(cat "$pidf")"
+		[ -z "${after:-}" ] || $after >/dev/null 2>&1
 		if [ -z "$best" ] || [ $((t1 - t0)) -lt "$best" ]; then best=$((t1 - t0)); fi
 	done
 	echo "$best"
@@ -57,14 +58,10 @@ measure() {
 	c=$(best3 "$CRIU" "${common[@]}")
 	h=$(best3 "$CRIU" "${common[@]}" --action-script "$MNTV2")
 	pidf=$w/work/none
-	m=$(best3 restore_standalone "$w")
+	after="$MNTV2 release --pin-dir $w/pins"
+	m=$(best3 "$MNTV2" restore --images "$w/img" --root "$w/root" --ext-mount-map auto --pin-dir "$w/pins")
+	after=
 	echo "$c $h $m"
-}
-
-restore_standalone() {
-	local w=$1
-	"$MNTV2" restore --images "$w/img" --root "$w/root" --ext-mount-map auto --pin-dir "$w/pins" &&
-		"$MNTV2" release --pin-dir "$w/pins"
 }
 
 read -r bc bh bm < <(measure base 0)

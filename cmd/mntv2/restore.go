@@ -19,14 +19,18 @@ import (
 
 // report is what --report writes.
 type report struct {
-	Schema       string          `json:"schema"`
-	Images       string          `json:"images"`
-	Root         string          `json:"root"`
-	PinDir       string          `json:"pin_dir"`
-	Steps        int             `json:"steps"`
-	PlanSeconds  float64         `json:"plan_seconds"`
-	TotalSeconds float64         `json:"total_seconds"`
-	Result       *restore.Result `json:"result"`
+	Schema      string  `json:"schema"`
+	Images      string  `json:"images"`
+	Root        string  `json:"root"`
+	PinDir      string  `json:"pin_dir"`
+	Steps       int     `json:"steps"`
+	PlanSeconds float64 `json:"plan_seconds"`
+	// PreflightSeconds checks the preconditions; ApplySeconds is Apply
+	// whole (its steps are in Result.Phases).
+	PreflightSeconds float64         `json:"preflight_seconds"`
+	ApplySeconds     float64         `json:"apply_seconds"`
+	TotalSeconds     float64         `json:"total_seconds"`
+	Result           *restore.Result `json:"result"`
 }
 
 func newRestoreCommand() *cobra.Command {
@@ -70,6 +74,7 @@ sources, tmpfs archives, pin dir) without changing anything.`,
 				return inputError(err)
 			}
 			opt := restore.Options{Root: absRoot, PinDir: pinDir, Images: d, Log: slog.Default()}
+			preStart := time.Now()
 			if err := restore.Preflight(plan, opt); err != nil {
 				return inputError(fmt.Errorf("cannot restore: %w", err))
 			}
@@ -93,7 +98,10 @@ sources, tmpfs archives, pin dir) without changing anything.`,
 			// For robustness tests only: fail the N-th mount syscall.
 			opt.FailSyscall, _ = strconv.Atoi(os.Getenv("MNTV2_FAIL_SYSCALL"))
 			opt.BeforeStep = pauseBefore(os.Getenv("MNTV2_TEST_PAUSE"), stop)
+			preTime := time.Since(preStart)
+			applyStart := time.Now()
 			res, err := restore.Apply(plan, opt)
+			applyTime := time.Since(applyStart)
 			if err != nil {
 				return fmt.Errorf("restore failed, nothing was left behind: %w", err)
 			}
@@ -102,7 +110,7 @@ sources, tmpfs archives, pin dir) without changing anything.`,
 			}
 			if reportFile != "" {
 				rep := report{Schema: "mntv2.restore-report/v1", Images: dir, Root: absRoot, PinDir: pinDir,
-					Steps: len(plan.Steps), PlanSeconds: planTime.Seconds(), TotalSeconds: time.Since(start).Seconds(), Result: res}
+					Steps: len(plan.Steps), PlanSeconds: planTime.Seconds(), PreflightSeconds: preTime.Seconds(), ApplySeconds: applyTime.Seconds(), TotalSeconds: time.Since(start).Seconds(), Result: res}
 				b, err := json.MarshalIndent(rep, "", "  ")
 				if err != nil {
 					return err
