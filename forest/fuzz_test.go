@@ -1,6 +1,7 @@
 package forest
 
 import (
+	"github.com/mntv2/mntv2/internal/fuzzseed"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,14 +14,7 @@ import (
 // error; a valid forest is identical to itself and survives the trip
 // through image entries.
 func FuzzBuildFromImage(f *testing.F) {
-	files, _ := filepath.Glob(filepath.Join(fixtures, "*", "images", "mountpoints-*.img"))
-	for _, file := range files {
-		b, err := os.ReadFile(file)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(b)
-	}
+	fuzzseed.Files(f, filepath.Join(fixtures, "*", "images", "mountpoints-*.img"))
 	lim := images.Limits{MaxRecord: 1 << 16, MaxFile: 1 << 20}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		img, err := images.Parse(data, "mountpoints-1.img", images.Mountpoints, lim)

@@ -2,7 +2,7 @@ package images
 
 import (
 	"bytes"
-	"os"
+	"github.com/mntv2/mntv2/internal/fuzzseed"
 	"path/filepath"
 	"testing"
 )
@@ -10,14 +10,7 @@ import (
 // FuzzParse: any bytes give an image or a FormatError, never a panic or an
 // allocation beyond the caps; a parsed image encodes back to the same bytes.
 func FuzzParse(f *testing.F) {
-	files, _ := filepath.Glob(filepath.Join(fixtures, "*", "images", "mountpoints-*.img"))
-	for _, file := range files {
-		b, err := os.ReadFile(file)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(b)
-	}
+	fuzzseed.Files(f, filepath.Join(fixtures, "*", "images", "mountpoints-*.img"))
 	f.Add([]byte{})
 	lim := Limits{MaxRecord: 1 << 16, MaxFile: 1 << 20}
 	f.Fuzz(func(t *testing.T, data []byte) {

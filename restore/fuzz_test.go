@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"errors"
+	"github.com/mntv2/mntv2/internal/fuzzseed"
 	"os"
 	"path/filepath"
 	"testing"
@@ -17,14 +18,7 @@ import (
 // cannot restore or gives a plan the abstract kernel model accepts and that
 // builds exactly the forest; the live plan and its helpers are sound too.
 func FuzzPlan(f *testing.F) {
-	files, _ := filepath.Glob(filepath.Join(fixtures, "*", "images", "mountpoints-*.img"))
-	for _, file := range files {
-		b, err := os.ReadFile(file)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(b)
-	}
+	fuzzseed.Files(f, filepath.Join(fixtures, "*", "images", "mountpoints-*.img"))
 	lim := images.Limits{MaxRecord: 1 << 16, MaxFile: 1 << 20}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		img, err := images.Parse(data, "mountpoints-1.img", images.Mountpoints, lim)
@@ -71,14 +65,7 @@ func FuzzPlan(f *testing.F) {
 // FuzzTmpfs: any archive is extracted inside the root or refused; nothing
 // outside changes and the data written stays under the limit.
 func FuzzTmpfs(f *testing.F) {
-	files, _ := filepath.Glob(filepath.Join(fixtures, "*", "images", "tmpfs-dev-*.tar.gz.img"))
-	for _, file := range files {
-		b, err := os.ReadFile(file)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(b)
-	}
+	fuzzseed.Files(f, filepath.Join(fixtures, "*", "images", "tmpfs-dev-*.tar.gz.img"))
 	// Hostile seeds: a link out, a symlink then a write through it.
 	for _, entries := range [][]tar.Header{
 		{{Name: "up", Typeflag: tar.TypeSymlink, Linkname: "../outside"}, {Name: "up/canary", Typeflag: tar.TypeReg, Size: 1}},

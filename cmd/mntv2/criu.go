@@ -47,9 +47,9 @@ func newCriuImagesRestoreCommand() *cobra.Command {
 		Example: "  mntv2 criu-images restore /var/lib/checkpoints/ct1",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			d, err := images.Open(args[0])
+			d, err := openImagesArg(args[0])
 			if err != nil {
-				return inputError(err)
+				return err
 			}
 			defer d.Close()
 			found, err := plugin.Recover(d)
@@ -73,9 +73,9 @@ func newCriuImagesStatusCommand() *cobra.Command {
 		Example: "  mntv2 criu-images status /var/lib/checkpoints/ct1",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			d, err := images.Open(args[0])
+			d, err := openImagesArg(args[0])
 			if err != nil {
-				return inputError(err)
+				return err
 			}
 			defer d.Close()
 			man, err := plugin.ReadManifest(d)
@@ -90,4 +90,12 @@ func newCriuImagesStatusCommand() *cobra.Command {
 			return &exitError{code: exitDiffers, err: fmt.Errorf("run mntv2 criu-images restore %s to put the originals back", args[0])}
 		},
 	}
+}
+
+func openImagesArg(dir string) (*images.Dir, error) {
+	d, err := images.Open(dir)
+	if err != nil {
+		return nil, inputError(err)
+	}
+	return d, nil
 }

@@ -45,7 +45,14 @@ func TestMain(m *testing.M) {
 // mntv2 runs the binary and returns stdout, stderr and the exit code.
 func mntv2(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
+	return mntv2Env(t, nil, args...)
+}
+
+// mntv2Env runs the binary with extra environment variables.
+func mntv2Env(t *testing.T, env []string, args ...string) (string, string, int) {
+	t.Helper()
 	cmd := exec.Command(binary_, args...)
+	cmd.Env = append(os.Environ(), env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

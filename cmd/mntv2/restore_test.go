@@ -188,17 +188,7 @@ func TestHostileRoot(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			listing := func(dir string) string {
-				ents, err := os.ReadDir(dir)
-				if err != nil {
-					t.Fatal(err)
-				}
-				var names []string
-				for _, e := range ents {
-					names = append(names, e.Name())
-				}
-				return strings.Join(names, " ")
-			}
+			listing := func(dir string) string { return listing(t, dir) }
 			beforeRoot, beforeSlash := listing(root), listing("/")
 			before := mountinfoLines(t)
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"io"
 	"net"
@@ -86,18 +85,7 @@ func (s *scene) snapshot() {
 
 func (s *scene) restore(env []string, extra ...string) (string, string, int) {
 	args := append([]string{"restore", "--images", s.imgs, "--root", s.root, "--pin-dir", s.pins, "--ext-mount-map", "auto"}, extra...)
-	cmd := exec.Command(binary_, args...)
-	cmd.Env = append(os.Environ(), env...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		s.t.Fatal(err)
-	}
-	return out.String(), errb.String(), code
+	return mntv2Env(s.t, env, args...)
 }
 
 // check asserts that nothing is left; a successful restore is released
