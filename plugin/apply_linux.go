@@ -98,6 +98,8 @@ func ApplyLive(input []forest.NamespaceMounts, helpers []restore.HelperMount, ns
 	if err != nil {
 		return nil, fmt.Errorf("images: %w", err)
 	}
+	// Grow the fd table (an RCU grace period) while reading the trees.
+	go restore.GrowFdTable(2*original.Len() + 256)
 	// What was restored: the images plus the helper mounts.
 	withHelpers := original
 	helperSet := map[restore.MountRef]bool{}

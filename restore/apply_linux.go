@@ -225,6 +225,14 @@ func (a *applier) prepare() error {
 	return nil
 }
 
+// GrowFdTable makes this process's fd table hold n fds, waiting for one
+// RCU grace period (see growFdTable). Callers that know a restore is
+// coming run it in a goroutine while they read and plan, so Apply finds
+// the table grown.
+func GrowFdTable(n int) {
+	growFdTable(0, n)
+}
+
 // growFdTable makes the fd table hold n fds at once. The kernel grows it
 // by doubling, and in a multi-threaded process each growth waits for an
 // RCU grace period (fs/file.c expand_fdtable): a dozen of them cost more
@@ -614,12 +622,21 @@ func (a *applier) attach(s Step) error {
 			// mount this restore made: create it, then attach by name
 			// (one component, resolved without following a symlink).
 			// Anything already there takes the checked path below.
-			if created, err := createNew(target, s.Path, st.Mode&unix.S_IFMT == unix.S_IFDIR); err != nil {
+			isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR
+			created, err := createNew(target, s.Path, isDir)
+			if err != nil {
 				return err
-			} else if created {
-				return a.sys("move_mount", func() error {
+			}
+			if created || isDir {
+				// An existing entry is taken only as a directory: a
+				// directory mount cannot land on a symlink or a file
+				// (ENOTDIR), and then the checked path below says why.
+				err := a.sys("move_mount", func() error {
 					return unix.MoveMount(src, "", target, s.Path, unix.MOVE_MOUNT_F_EMPTY_PATH)
 				})
+				if err == nil || created || !errors.Is(err, unix.ENOTDIR) {
+					return err
+				}
 			}
 		}
 		var record func(created)

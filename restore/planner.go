@@ -25,7 +25,13 @@ type planner struct {
 }
 
 func newPlanner(in Input) *planner {
-	return &planner{in: in, plan: &Plan{}, handle: map[*forest.Mount]Handle{},
+	n := 0
+	if in.Forest != nil {
+		n = in.Forest.Len()
+	}
+	// About three steps and one handle per mount: sized once, not grown.
+	plan := &Plan{Steps: make([]Step, 0, 3*n+16), Handles: make([]HandleInfo, 0, n+16)}
+	return &planner{in: in, plan: plan, handle: make(map[*forest.Mount]Handle, n),
 		source: map[uint32]Handle{}, extRoot: map[uint32][]*forest.Mount{}, rootOf: map[uint32]*forest.Mount{},
 		devMounts: map[uint32][]*forest.Mount{}, host: map[uint32]Handle{}}
 }
@@ -83,20 +89,20 @@ func (p *planner) check() error {
 			if m.IsRoot() {
 				continue
 			}
-			where := fmt.Sprintf("namespace %d, mount %d (%s)", ns.ID, m.ID, m.Mountpoint)
+			where := func() string { return fmt.Sprintf("namespace %d, mount %d (%s)", ns.ID, m.ID, m.Mountpoint) }
 			switch {
 			case m.External != "":
 				if _, ok := p.externalPath(m); !ok {
-					bad = append(bad, fmt.Sprintf("%s: external mount %q has no --ext-mount-map entry", where, m.External))
+					bad = append(bad, fmt.Sprintf("%s: external mount %q has no --ext-mount-map entry", where(), m.External))
 				}
 			case m.Dev == ns.Root.Dev:
 				if !contains(ns.Root.Root, m.Root) {
-					bad = append(bad, fmt.Sprintf("%s: a bind of the root filesystem, but its root %q is outside the namespace root %q", where, m.Root, ns.Root.Root))
+					bad = append(bad, fmt.Sprintf("%s: a bind of the root filesystem, but its root %q is outside the namespace root %q", where(), m.Root, ns.Root.Root))
 				}
 			case !Supported[m.FSType]:
-				bad = append(bad, fmt.Sprintf("%s: filesystem %q is not supported (supported: %s)", where, m.FSType, supportedList()))
+				bad = append(bad, fmt.Sprintf("%s: filesystem %q is not supported (supported: %s)", where(), m.FSType, supportedList()))
 			case m.Deleted:
-				bad = append(bad, fmt.Sprintf("%s: deleted root %q is not supported", where, m.Root))
+				bad = append(bad, fmt.Sprintf("%s: deleted root %q is not supported", where(), m.Root))
 			}
 		}
 	}

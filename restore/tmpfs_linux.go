@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path"
 	"strconv"
 	"strings"
@@ -32,7 +33,7 @@ func extractTmpfs(r io.Reader, rootfd int, limit int64) error {
 	}
 	defer zr.Close()
 	tr := tar.NewReader(zr)
-	x := &extraction{rootfd: rootfd, budget: limit, dirfd: -1}
+	x := &extraction{rootfd: rootfd, budget: limit, dirfd: -1, mask: -1}
 	defer x.close()
 	for n := 0; ; n++ {
 		hdr, err := tr.Next()
@@ -82,6 +83,7 @@ type extraction struct {
 	walked int   // path components resolved so far
 	dir    string
 	dirfd  int // the directory of the last entry, kept for the next
+	mask   int // the umask, -1 until read
 }
 
 // maxWalked bounds the path components resolved for one archive: a
@@ -130,16 +132,23 @@ func (x *extraction) entry(tr *tar.Reader, hdr *tar.Header, name string) error {
 		if hdr.Typeflag != tar.TypeDir {
 			return errors.New("the root entry is not a directory")
 		}
-		return setAttrs(rootfd, "", hdr, mode)
+		return setAttrs(rootfd, "", hdr, mode, false)
 	}
 	dir, base := path.Split(name)
 	parent, err := x.parent(strings.TrimSuffix(dir, "/"))
 	if err != nil {
 		return err
 	}
+	// An entry made here with its final permissions (the umask took
+	// nothing and there are no setuid, setgid or sticky bits) needs no
+	// chmod: it is in a new tmpfs nobody else can reach yet.
+	perm, made := mode&0o777, false
+	exact := mode == perm && perm&x.umask() == 0
 	switch hdr.Typeflag {
 	case tar.TypeDir:
-		if err := unix.Mkdirat(parent, base, 0o700); err == unix.EEXIST {
+		err := unix.Mkdirat(parent, base, perm)
+		made = err == nil
+		if err == unix.EEXIST {
 			fd, err := openInside(parent, base, unix.O_PATH|unix.O_DIRECTORY, 0)
 			if err != nil {
 				return fmt.Errorf("%s exists and is not a directory (%w)", base, err)
@@ -152,10 +161,11 @@ func (x *extraction) entry(tr *tar.Reader, hdr *tar.Header, name string) error {
 		if hdr.Size > *budget {
 			return fmt.Errorf("%d bytes exceed what is left of the tmpfs size limit (%d bytes)", hdr.Size, *budget)
 		}
-		fd, err := openInside(parent, base, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY, 0o600)
+		fd, err := openInside(parent, base, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY, perm)
 		if err != nil {
 			return sysErr("openat2(O_CREAT)", err)
 		}
+		made = true
 		n, err := io.Copy(&fdWriter{fd}, io.LimitReader(tr, *budget+1))
 		unix.Close(fd)
 		*budget -= n
@@ -184,18 +194,37 @@ func (x *extraction) entry(tr *tar.Reader, hdr *tar.Header, name string) error {
 	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
 		kind := map[byte]uint32{tar.TypeChar: unix.S_IFCHR, tar.TypeBlock: unix.S_IFBLK, tar.TypeFifo: unix.S_IFIFO}[hdr.Typeflag]
 		dev := unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor))
-		if err := unix.Mknodat(parent, base, kind|0o600, int(dev)); err != nil {
+		if err := unix.Mknodat(parent, base, kind|perm, int(dev)); err != nil {
 			return sysErr("mknodat", err)
 		}
+		made = true
 	default:
 		return fmt.Errorf("unsupported entry type %q", hdr.Typeflag)
 	}
-	return setAttrs(parent, base, hdr, mode)
+	return setAttrs(parent, base, hdr, mode, made && exact)
+}
+
+// umask is this process's umask, read once (from /proc: umask(2) would
+// change it for every thread while read).
+func (x *extraction) umask() uint32 {
+	if x.mask < 0 {
+		x.mask = 0o777 // unknown: always chmod
+		if b, err := os.ReadFile("/proc/self/status"); err == nil {
+			for _, l := range strings.Split(string(b), "\n") {
+				if v, ok := strings.CutPrefix(l, "Umask:"); ok {
+					if m, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32); err == nil {
+						x.mask = int(m)
+					}
+				}
+			}
+		}
+	}
+	return uint32(x.mask)
 }
 
 // setAttrs gives an entry its owner, mode and times, never through a
 // symlink. The mode comes last: chown clears setuid bits.
-func setAttrs(dirfd int, name string, hdr *tar.Header, mode uint32) error {
+func setAttrs(dirfd int, name string, hdr *tar.Header, mode uint32, modeSet bool) error {
 	flags := unix.AT_SYMLINK_NOFOLLOW
 	if name == "" {
 		flags |= unix.AT_EMPTY_PATH
@@ -203,14 +232,17 @@ func setAttrs(dirfd int, name string, hdr *tar.Header, mode uint32) error {
 	if err := unix.Fchownat(dirfd, name, hdr.Uid, hdr.Gid, flags); err != nil {
 		return sysErr("fchownat", err)
 	}
-	if hdr.Typeflag != tar.TypeSymlink && name != "" {
+	switch {
+	case modeSet || hdr.Typeflag == tar.TypeSymlink:
+		// made with its mode already; a symlink has none
+	case name != "":
 		// The entry was just made (or checked to be a directory) by this
 		// extraction, in a new tmpfs that is not attached anywhere: it is
 		// no symlink, and nothing else can swap it.
 		if err := unix.Fchmodat(dirfd, name, mode, 0); err != nil {
 			return sysErr("fchmodat", err)
 		}
-	} else if hdr.Typeflag != tar.TypeSymlink {
+	default:
 		fd, err := openInside(dirfd, orDot(name), unix.O_PATH, 0)
 		if err != nil {
 			return sysErr("openat2", err)

@@ -59,6 +59,8 @@ sources, tmpfs archives, pin dir) without changing anything.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			start := time.Now()
+			// Grow the fd table (an RCU grace period) while planning.
+			go restore.GrowFdTable(1 << 14)
 			plan, err := planImages(dir, ext)
 			if err != nil {
 				return err
