@@ -3,7 +3,7 @@ package plugin
 import (
 	"fmt"
 	"log/slog"
-	"os"
+	"runtime"
 	"strings"
 	"time"
 
@@ -98,8 +98,11 @@ func ApplyLive(input []forest.NamespaceMounts, helpers []restore.HelperMount, ns
 	if err != nil {
 		return nil, fmt.Errorf("images: %w", err)
 	}
-	// Grow the fd table (an RCU grace period) while reading the trees.
-	go restore.GrowFdTable(2*original.Len() + 256)
+	// Grow the fd table (an RCU grace period) while reading the trees; its
+	// passing fd is closed before this returns.
+	grown := make(chan struct{})
+	go func() { restore.GrowFdTable(2*original.Len() + 256); close(grown) }()
+	defer func() { <-grown }()
 	// What was restored: the images plus the helper mounts.
 	withHelpers := original
 	helperSet := map[restore.MountRef]bool{}
@@ -213,10 +216,14 @@ func readLive(nsPath string, id uint32) (*forest.Forest, error) {
 	return f, nil
 }
 
-// hostGroups maps each peer group of this process's mount namespace (the
-// one CRIU restores from) to a mountpoint of one of its mounts.
+// hostGroups maps each peer group of the calling thread's mount namespace
+// (the one CRIU restores from) to a mountpoint of one of its mounts. It
+// reads /proc/thread-self on a locked thread: in a Go program the main
+// thread (what /proc/PID shows) may be left in another namespace.
 func hostGroups() (map[uint32]string, error) {
-	nm, err := forest.ReadPID(os.Getpid(), 0)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	nm, err := forest.ReadMountinfoFile("/proc/thread-self/mountinfo", 0)
 	if err != nil {
 		return nil, err
 	}

@@ -159,6 +159,15 @@ func (p *planner) hostGroup(id uint32) Handle {
 	return h
 }
 
+// hostGroupIf is hostGroup(id) when cond holds: a host mount is opened
+// only for a group that uses it.
+func (p *planner) hostGroupIf(cond bool, id uint32) Handle {
+	if !cond {
+		return NoHandle
+	}
+	return p.hostGroup(id)
+}
+
 // indexDevs lists the non-root mounts of each superblock: in a live plan
 // any of them can be the source of a helper.
 func (p *planner) indexDevs() {

@@ -168,28 +168,86 @@ func attachOrder(ns *forest.Namespace) []*forest.Mount {
 // the topmost at its mountpoint, so it is opened by path and moved into a
 // parking tmpfs stacked on the root; then all go back in attach order,
 // keeping their mount ids. The tree is all private (restored without
-// sharing), so no move propagates.
-func (a *applier) peel(ln *LiveNamespace, st *liveState) error {
+// sharing), so no move propagates. On failure every parked mount is put
+// back and the park unmounted: the tree is as it was.
+func (a *applier) peel(ln *LiveNamespace, st *liveState) (err error) {
 	order := attachOrder(ln.Tree)
 	fds := make(map[*forest.Mount]int, len(order))
-	defer func() {
-		for m, fd := range fds {
-			if fd >= 0 && !a.wanted(ln, st, m) {
-				unix.Close(fd)
-			}
-		}
-	}()
+	parked := map[*forest.Mount]bool{}
 	rootfd, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return sysErr("open(/)", err)
 	}
 	defer unix.Close(rootfd)
-	fds[ln.Tree.Root] = -1
-	park, err := a.newPark()
-	if err != nil {
+	// putBack moves m from the park to its mountpoint under its parent.
+	putBack := func(m *forest.Mount, count bool) error {
+		parent := rootfd
+		if !m.Parent.IsRoot() {
+			pfd, ok := fds[m.Parent]
+			if !ok {
+				// Rolling back: the parent was never moved, and whatever
+				// lay above m is parked, so its path leads to its place.
+				return unix.MoveMount(fds[m], "", unix.AT_FDCWD, m.Mountpoint, unix.MOVE_MOUNT_F_EMPTY_PATH)
+			}
+			parent = pfd
+		}
+		target := parent
+		if r := relTo(m.Mountpoint, m.Parent.Mountpoint); r != "" {
+			t, err := openInside(parent, r, unix.O_PATH, 0)
+			if err != nil {
+				return sysErr("openat2", fmt.Errorf("mountpoint of mount %d (%s): %w", m.ID, m.Mountpoint, err))
+			}
+			defer unix.Close(t)
+			target = t
+		}
+		move := func() error {
+			return unix.MoveMount(fds[m], "", target, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH)
+		}
+		if !count {
+			return move()
+		}
+		if err := a.sys("move_mount", move); err != nil {
+			return fmt.Errorf("put back mount %d (%s): %w", m.ID, m.Mountpoint, err)
+		}
+		return nil
+	}
+	park := -1
+	defer func() {
+		if err != nil {
+			// Put back what is parked, parents first, uncounted.
+			for _, m := range order[1:] {
+				if parked[m] {
+					_ = putBack(m, false)
+				}
+			}
+		}
+		if park >= 0 {
+			if cerr := unix.Fchdir(park); cerr == nil {
+				uerr := a.sys("umount2(MNT_DETACH)", func() error { return unix.Unmount(".", unix.MNT_DETACH) })
+				if uerr != nil {
+					_ = unix.Unmount(".", unix.MNT_DETACH) // never leave the park on the root
+					if err == nil {
+						err = uerr
+					}
+				}
+				_ = unix.Chdir("/")
+			}
+			unix.Close(park)
+		}
+		for m, fd := range fds {
+			if err != nil || !a.wanted(ln, st, m) {
+				unix.Close(fd)
+			}
+		}
+		if err == nil {
+			for id, h := range st.want {
+				a.fds[h] = fds[ln.Mounts[id]]
+			}
+		}
+	}()
+	if park, err = a.newPark(); err != nil {
 		return err
 	}
-	defer unix.Close(park)
 	for i := len(order) - 1; i >= 1; i-- {
 		m := order[i]
 		fd, err := a.openExposed(m)
@@ -210,39 +268,13 @@ func (a *applier) peel(ln *LiveNamespace, st *liveState) error {
 		}); err != nil {
 			return fmt.Errorf("park mount %d (%s): %w", m.ID, m.Mountpoint, err)
 		}
+		parked[m] = true
 	}
 	for _, m := range order[1:] {
-		parent := rootfd
-		if !m.Parent.IsRoot() {
-			parent = fds[m.Parent]
+		if err := putBack(m, true); err != nil {
+			return err
 		}
-		target := parent
-		if r := relTo(m.Mountpoint, m.Parent.Mountpoint); r != "" {
-			t, err := openInside(parent, r, unix.O_PATH, 0)
-			if err != nil {
-				return sysErr("openat2", fmt.Errorf("mountpoint of mount %d (%s): %w", m.ID, m.Mountpoint, err))
-			}
-			defer unix.Close(t)
-			target = t
-		}
-		if err := a.sys("move_mount", func() error {
-			return unix.MoveMount(fds[m], "", target, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH)
-		}); err != nil {
-			return fmt.Errorf("put back mount %d (%s): %w", m.ID, m.Mountpoint, err)
-		}
-	}
-	if err := unix.Fchdir(park); err != nil {
-		return sysErr("fchdir", err)
-	}
-	err = a.sys("umount2(MNT_DETACH)", func() error { return unix.Unmount(".", unix.MNT_DETACH) })
-	if cerr := unix.Chdir("/"); err == nil && cerr != nil {
-		err = sysErr("chdir", cerr)
-	}
-	if err != nil {
-		return err
-	}
-	for id, h := range st.want {
-		a.fds[h] = fds[ln.Mounts[id]]
+		parked[m] = false
 	}
 	return nil
 }

@@ -183,7 +183,7 @@ func (p *planner) planGroup(gp *groupPlan) error {
 			rep = m
 		}
 	}
-	if host := p.hostGroup(gp.ID); host != NoHandle && allExternal(gp.Members) {
+	if host := p.hostGroupIf(allExternal(gp.Members), gp.ID); host != NoHandle {
 		// External sharing: the members are peers of a host group.
 		gp.rep, rep = host, nil
 		for _, m := range gp.Members {
@@ -204,7 +204,7 @@ func (p *planner) planGroup(gp *groupPlan) error {
 	if gp.master != nil {
 		p.setGroup(gp.master.rep, gp.rep, rep, p.whyf("join master group %d, to become its slave", gp.master.ID))
 		p.propagation(OpMakeSlave, gp.rep, rep, p.whyf("slave of group %d", gp.master.ID))
-	} else if host := p.hostGroup(gp.Master); gp.Master != 0 && host != NoHandle {
+	} else if host := p.hostGroupIf(gp.Master != 0, gp.Master); host != NoHandle {
 		p.setGroup(host, gp.rep, rep, p.whyf("join host group %d, to become its slave", gp.Master))
 		p.propagation(OpMakeSlave, gp.rep, rep, p.whyf("slave of host group %d", gp.Master))
 	}

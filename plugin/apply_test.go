@@ -1,0 +1,142 @@
+package plugin
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/mntv2/mntv2/forest"
+	"github.com/mntv2/mntv2/internal/testns"
+	"github.com/mntv2/mntv2/restore"
+	"golang.org/x/sys/unix"
+)
+
+// restoreStripped restores a fixture's images with sharing stripped, as
+// CRIU does after pre-restore, into pinned namespaces; it returns the
+// original image namespaces and the pins.
+func restoreStripped(t *testing.T, fixture string) ([]forest.NamespaceMounts, map[uint32]string) {
+	t.Helper()
+	d := openDir(t, filepath.Join(fixtures, fixture, "images"))
+	input, err := forest.ImageNamespaces(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stripped := make([]forest.NamespaceMounts, len(input))
+	for i, ns := range input {
+		stripped[i] = forest.NamespaceMounts{ID: ns.ID}
+		for _, m := range ns.Mounts {
+			m.PeerGroup, m.Master = 0, 0
+			stripped[i].Mounts = append(stripped[i].Mounts, m)
+		}
+	}
+	f, err := forest.Build(stripped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := restore.LoadInput(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.Forest, in.Auto = f, true
+	plan, err := restore.NewPlan(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	root, pins := filepath.Join(dir, "root"), filepath.Join(dir, "pins")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("ctroot", root, "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(root, unix.MNT_DETACH) })
+	if _, err := restore.Apply(plan, restore.Options{Root: root, PinDir: pins, Images: d}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = restore.Release(pins) })
+	paths := map[uint32]string{}
+	for _, ns := range input {
+		paths[ns.ID] = filepath.Join(pins, restore.PinName(ns.ID))
+	}
+	return input, paths
+}
+
+func mountTable(t *testing.T, paths map[uint32]string) string {
+	t.Helper()
+	var b strings.Builder
+	for id, p := range paths {
+		nm, err := forest.ReadNamespaceFile(p, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range nm.Mounts {
+			b.WriteString(m.Mountpoint + " " + m.Root + "\n")
+		}
+	}
+	return b.String()
+}
+
+// Post-restore's sharing phase on trees restored all private: every
+// fixture comes back identical to its images (stacked mounts are reached
+// by peeling, namespaces share groups).
+func TestApplyLiveFixtures(t *testing.T) {
+	if !testns.Isolate(t) {
+		return
+	}
+	for _, fixture := range []string{"01-seed-reverse-order", "02-peers-no-common-root", "03-slaves-of-subdirs",
+		"05-overmounts", "06-nested-mntns-peers", "07-propagation-storm"} {
+		t.Run(fixture, func(t *testing.T) {
+			input, paths := restoreStripped(t, fixture)
+			rep, err := ApplyLive(input, nil, paths, Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.Namespaces != len(input) || rep.Mounts == 0 {
+				t.Errorf("report %+v", rep)
+			}
+		})
+	}
+}
+
+// Any failing syscall of post-restore gives an error naming the step, and
+// the tree keeps its mounts (CRIU then aborts the restore).
+func TestApplyLiveFailure(t *testing.T) {
+	if !testns.Isolate(t) {
+		return
+	}
+	for n := 1; ; n++ {
+		input, paths := restoreStripped(t, "01-seed-reverse-order")
+		before := mountTable(t, paths)
+		fds := openFDs(t)
+		_, err := ApplyLive(input, nil, paths, Config{FailSyscall: n})
+		if err == nil {
+			if n < 3 {
+				t.Fatalf("only %d syscalls", n)
+			}
+			return // every syscall has failed once
+		}
+		var se *restore.StepError
+		if !errors.As(err, &se) || !errors.Is(err, restore.ErrInjected) || !strings.Contains(err.Error(), "step ") {
+			t.Fatalf("syscall %d: %v, want a StepError", n, err)
+		}
+		if got := mountTable(t, paths); got != before {
+			t.Fatalf("syscall %d: the tree changed:\n%s\nwas\n%s", n, got, before)
+		}
+		if got := openFDs(t); got != fds {
+			t.Fatalf("syscall %d: %d fds open, %d before", n, got, fds)
+		}
+	}
+}
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
