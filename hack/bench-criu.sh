@@ -49,7 +49,7 @@ measure() {
 	} >"$w/scen/scenario.sh"
 	[ "$n" -gt 0 ] || : >"$w/scen/scenario.sh"
 	local ct
-	ct=$(start_ct "$w" "$w/scen")
+	ct=$(CT_READY_SECONDS=300 start_ct "$w" "$w/scen") || { echo "bench-criu: the $n-mount container did not start" >&2; exit 1; }
 	"$CRIU" dump -t "$ct" -D "$w/img" -W "$w/work" -o dump.log --ext-mount-map auto >/dev/null 2>&1 ||
 		{ echo "bench-criu: dump failed: $(firsterr "$w/work/dump.log")" >&2; exit 1; }
 	pidf=$w/work/pid
@@ -64,10 +64,12 @@ measure() {
 	echo "$c $h $m"
 }
 
-read -r bc bh bm < <(measure base 0)
+base=$(measure base 0) || exit 1
+read -r bc bh bm <<<"$base"
 rows=()
 for n in "$@"; do
-	read -r c h m < <(measure "peers$n" "$n")
+	res=$(measure "peers$n" "$n") || exit 1
+	read -r c h m <<<"$res"
 	rows+=("$(awk -v n="$n" -v c=$((c - bc)) -v h=$((h - bh)) -v m=$((m - bm)) \
 		'BEGIN { printf "{\"n\":%d,\"criu_s\":%.6f,\"criu_mntv2_s\":%.6f,\"mntv2_s\":%.6f}", n, c/1e9, h/1e9, m/1e9 }')")
 	echo "bench-criu: $n peers: CRIU $(((c - bc) / 1000000)) ms, CRIU + mntv2 $(((h - bh) / 1000000)) ms, mntv2 restore $(((m - bm) / 1000000)) ms" >&2

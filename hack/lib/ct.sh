@@ -41,7 +41,7 @@ start_ct() {
 	CT_BINDS=$CT_BINDS unshare --mount --pid --fork --propagation unchanged \
 		setsid bash "$here/lib/ct-init.sh" "$w/root" "$sdir/scenario.sh" </dev/null >"$w/ct.out" 2>&1 &
 	local upid=$! i
-	for i in $(seq 200); do
+	for i in $(seq $((${CT_READY_SECONDS:-10} * 20))); do
 		[ -e "$w/root/.ready" ] && break
 		sleep 0.05
 	done
