@@ -30,7 +30,7 @@ best3() {
 	for i in 1 2 3; do
 		rm -f "$pidf"
 		t0=$(now)
-		"$@" >/dev/null 2>&1 || { echo "bench-criu: failed: $*" >&2; return 1; }
+		"$@" >/dev/null 2>"$scratch/err" || { echo "bench-criu: failed: $*: $(tail -3 "$scratch/err")" >&2; return 1; }
 		t1=$(now)
 		[ -s "$pidf" ] && kill_tree "$(cat "$pidf")"
 		[ -z "${after:-}" ] || $after >/dev/null 2>&1

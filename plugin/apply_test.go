@@ -139,4 +139,3 @@ func openFDs(t *testing.T) int {
 	}
 	return len(ents)
 }
-

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -284,4 +285,25 @@ func keys(m map[string]string) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// Regression (make bench, 5000 mounts): StartWatcher handed the images
+// directory's own fd to the child wrapped in an *os.File, whose finalizer
+// closed it at the next GC, so the rewrite that followed failed with EBADF.
+func TestStartWatcherKeepsTheDirFd(t *testing.T) {
+	dir := copyImages(t, "01-seed-reverse-order")
+	d := openDir(t, dir)
+	owner := exec.Command("sleep", "60")
+	if err := owner.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = owner.Process.Kill(); _ = owner.Wait() }()
+	if err := StartWatcher(d, owner.Process.Pid, NewToken(), ""); err != nil {
+		t.Fatal(err)
+	}
+	runtime.GC()
+	runtime.GC()
+	if _, err := d.Names(); err != nil {
+		t.Fatalf("the images directory fd is gone: %v", err)
+	}
 }

@@ -60,7 +60,15 @@ func StartWatcher(d *images.Dir, owner int, token, logFile string) error {
 		return err
 	}
 	defer armedR.Close()
-	dir := os.NewFile(uintptr(d.Fd()), d.Path())
+	// A duplicate for the child: an *os.File of d's own fd would close it
+	// when collected.
+	dupfd, err := unix.FcntlInt(uintptr(d.Fd()), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		armedW.Close()
+		return err
+	}
+	dir := os.NewFile(uintptr(dupfd), d.Path())
+	defer dir.Close()
 	cmd := exec.Command(exe)
 	cmd.ExtraFiles = []*os.File{dir, armedW}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
