@@ -115,7 +115,7 @@ func restoreCase(r *Row, d *images.Dir, dir string) error {
 	r.PlanS = time.Since(t).Seconds()
 	r.Mounts, r.Steps, r.Helpers = in.Forest.Len(), len(plan.Steps), plan.Helpers
 	c := countSteps(plan)
-	for run := 0; run < 2; run++ {
+	for run := 0; run < 3; run++ {
 		f, err := fullFloor(c, dir, run)
 		if err != nil {
 			return fmt.Errorf("floor: %w", err)
@@ -203,7 +203,7 @@ func hookCase(r *Row, d *images.Dir, dir string) error {
 	}
 	c := countSteps(live)
 	r.Mounts, r.Steps = original.Len(), len(live.Steps)
-	for run := 0; run < 2; run++ {
+	for run := 0; run < 3; run++ {
 		root, err := mountTmpfs(dir, fmt.Sprintf("root%d", run))
 		if err != nil {
 			return err

@@ -158,7 +158,7 @@ func report(w *os.File, rows []Row, criu []CriuRow) {
 		fmt.Fprintf(w, " %s %.2f", shape, slope(exps[shape]))
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "\nrestore (best of 2) against the syscall floor (best of 2); phases of the best run")
+	fmt.Fprintln(w, "\nrestore (best of 3) against the syscall floor (best of 3); phases of the best run")
 	fmt.Fprintln(tw, "shape\tN\tmounts\trestore ms\tfloor ms\tratio\tcreate\tassemble\tsharing\tflags\tfinish\tsyscalls\tverify ms\trelease ms\t")
 	for _, r := range rows {
 		if r.Mode == "restore" && r.Error == "" {
