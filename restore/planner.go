@@ -29,8 +29,8 @@ func newPlanner(in Input) *planner {
 	if in.Forest != nil {
 		n = in.Forest.Len()
 	}
-	// About three steps and one handle per mount: sized once, not grown.
-	plan := &Plan{Steps: make([]Step, 0, 3*n+16), Handles: make([]HandleInfo, 0, n+16)}
+	// At most about four steps and one handle per mount: sized once.
+	plan := &Plan{Steps: make([]Step, 0, 4*n+16), Handles: make([]HandleInfo, 0, n+16)}
 	return &planner{in: in, plan: plan, handle: make(map[*forest.Mount]Handle, n),
 		source: map[uint32]Handle{}, extRoot: map[uint32][]*forest.Mount{}, rootOf: map[uint32]*forest.Mount{},
 		devMounts: map[uint32][]*forest.Mount{}, host: map[uint32]Handle{}}
