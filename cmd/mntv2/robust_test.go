@@ -286,9 +286,13 @@ func TestRobustSystem(t *testing.T) {
 		must(t, err)
 		// Room for half of the restore's mounts in the new namespace.
 		limit := fmt.Sprint(20)
+		// The sysctl is global: no other privileged test may mount while
+		// it is low.
+		release := testns.Exclusive(t)
 		must(t, os.WriteFile(sysctl, []byte(limit), 0o644))
 		_, errs, code := s.restore(nil)
 		must(t, os.WriteFile(sysctl, old, 0o644))
+		release()
 		if code != 1 {
 			t.Fatalf("exit %d: %s", code, errs)
 		}

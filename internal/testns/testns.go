@@ -14,6 +14,7 @@ import (
 	"bytes"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
@@ -28,6 +29,7 @@ const envName = "MNTV2_TESTNS"
 func Isolate(t *testing.T) bool {
 	t.Helper()
 	if os.Getenv(envName) == t.Name() {
+		lockShared(t)
 		return true
 	}
 	if os.Geteuid() != 0 {
@@ -79,4 +81,37 @@ func extraArgs() []string {
 		}
 	}
 	return out
+}
+
+// Privileged tests of every package (go test runs packages in parallel)
+// hold a shared lock on lockPath while they run; a test that changes
+// something global to the machine, such as the fs.mount-max sysctl, takes
+// it exclusively (Exclusive) so that no other test's mounts see it.
+var (
+	lockPath = filepath.Join(os.TempDir(), "mntv2-privileged-tests.lock")
+	lockFd   = -1
+)
+
+func lockShared(t *testing.T) {
+	fd, err := syscall.Open(lockPath, syscall.O_RDWR|syscall.O_CREAT|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		t.Fatalf("test lock %s: %v", lockPath, err)
+	}
+	if err := syscall.Flock(fd, syscall.LOCK_SH); err != nil {
+		t.Fatalf("test lock %s: %v", lockPath, err)
+	}
+	lockFd = fd // held until the process (one test) exits
+}
+
+// Exclusive waits until no other privileged test runs, and keeps them
+// waiting until the returned function is called.
+func Exclusive(t *testing.T) (release func()) {
+	t.Helper()
+	if lockFd < 0 {
+		t.Fatal("testns.Exclusive outside Isolate")
+	}
+	if err := syscall.Flock(lockFd, syscall.LOCK_EX); err != nil {
+		t.Fatalf("test lock %s: %v", lockPath, err)
+	}
+	return func() { _ = syscall.Flock(lockFd, syscall.LOCK_SH) }
 }
