@@ -330,3 +330,17 @@ func checkMasters(f *Forest, p *problems) {
 		}
 	}
 }
+
+// WithoutSharing copies namespaces' mounts with no peer group or master:
+// the tree CRIU restores from images the hook has stripped.
+func WithoutSharing(input []NamespaceMounts) []NamespaceMounts {
+	out := make([]NamespaceMounts, len(input))
+	for i, ns := range input {
+		out[i] = NamespaceMounts{ID: ns.ID, Mounts: make([]Mount, len(ns.Mounts))}
+		for j, m := range ns.Mounts {
+			m.PeerGroup, m.Master = 0, 0
+			out[i].Mounts[j] = m
+		}
+	}
+	return out
+}

@@ -23,14 +23,7 @@ func restoreStripped(t *testing.T, fixture string) ([]forest.NamespaceMounts, ma
 	if err != nil {
 		t.Fatal(err)
 	}
-	stripped := make([]forest.NamespaceMounts, len(input))
-	for i, ns := range input {
-		stripped[i] = forest.NamespaceMounts{ID: ns.ID}
-		for _, m := range ns.Mounts {
-			m.PeerGroup, m.Master = 0, 0
-			stripped[i].Mounts = append(stripped[i].Mounts, m)
-		}
-	}
+	stripped := forest.WithoutSharing(input)
 	f, err := forest.Build(stripped)
 	if err != nil {
 		t.Fatal(err)
@@ -110,7 +103,7 @@ func TestApplyLiveFailure(t *testing.T) {
 	for n := 1; ; n++ {
 		input, paths := restoreStripped(t, "01-seed-reverse-order")
 		before := mountTable(t, paths)
-		fds := openFDs(t)
+		fds := testns.OpenFDs(t)
 		_, err := ApplyLive(input, nil, paths, Config{FailSyscall: n})
 		if err == nil {
 			if n < 3 {
@@ -125,17 +118,8 @@ func TestApplyLiveFailure(t *testing.T) {
 		if got := mountTable(t, paths); got != before {
 			t.Fatalf("syscall %d: the tree changed:\n%s\nwas\n%s", n, got, before)
 		}
-		if got := openFDs(t); got != fds {
+		if got := testns.OpenFDs(t); got != fds {
 			t.Fatalf("syscall %d: %d fds open, %d before", n, got, fds)
 		}
 	}
-}
-
-func openFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
 }

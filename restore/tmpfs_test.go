@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"fmt"
+	"github.com/mntv2/mntv2/internal/testns"
 	"os"
 	"path/filepath"
 	"strings"
@@ -167,9 +168,9 @@ func TestExtractTmpfsHostile(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			fds := openFDs(t)
+			fds := testns.OpenFDs(t)
 			defer func() {
-				if got := openFDs(t); got != fds {
+				if got := testns.OpenFDs(t); got != fds {
 					t.Errorf("%d fds open after, %d before", got, fds)
 				}
 			}()
@@ -243,16 +244,6 @@ func TestTmpfsLongAndDeepPaths(t *testing.T) {
 	if got := listTree(t, outside); got != ". drwxr-xr-x\ncanary -rw-r--r--" {
 		t.Errorf("outside changed:\n%s", got)
 	}
-}
-
-// openFDs counts this process's open fds.
-func openFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
 }
 
 // Device nodes, fifos and setuid or setgid files are restored as the

@@ -41,17 +41,9 @@ undo a rewrite by hand.`,
 }
 
 func newCriuImagesRestoreCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:     "restore DIR",
-		Short:   "Put the original images back (safe to run at any time)",
-		Example: "  mntv2 criu-images restore /var/lib/checkpoints/ct1",
-		Args:    cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			d, err := openImagesArg(args[0])
-			if err != nil {
-				return err
-			}
-			defer d.Close()
+	return imagesDirCommand("restore DIR", "Put the original images back (safe to run at any time)",
+		"  mntv2 criu-images restore /var/lib/checkpoints/ct1",
+		func(cmd *cobra.Command, dir string, d *images.Dir) error {
 			found, err := plugin.Recover(d)
 			if err != nil {
 				return err
@@ -62,22 +54,13 @@ func newCriuImagesRestoreCommand() *cobra.Command {
 				fmt.Fprintln(cmd.OutOrStdout(), "nothing to restore: the images are the originals")
 			}
 			return nil
-		},
-	}
+		})
 }
 
 func newCriuImagesStatusCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:     "status DIR",
-		Short:   "Say whether the images are rewritten (exit 1) or the originals (exit 0)",
-		Example: "  mntv2 criu-images status /var/lib/checkpoints/ct1",
-		Args:    cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			d, err := openImagesArg(args[0])
-			if err != nil {
-				return err
-			}
-			defer d.Close()
+	return imagesDirCommand("status DIR", "Say whether the images are rewritten (exit 1) or the originals (exit 0)",
+		"  mntv2 criu-images status /var/lib/checkpoints/ct1",
+		func(cmd *cobra.Command, dir string, d *images.Dir) error {
 			man, err := plugin.ReadManifest(d)
 			if err != nil {
 				return err
@@ -87,7 +70,21 @@ func newCriuImagesStatusCommand() *cobra.Command {
 				return nil
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "rewritten by mntv2 for CRIU pid %d: %d files, %d helper mounts\n", man.Owner, len(man.Files), len(man.Helpers))
-			return &exitError{code: exitDiffers, err: fmt.Errorf("run mntv2 criu-images restore %s to put the originals back", args[0])}
+			return &exitError{code: exitDiffers, err: fmt.Errorf("run mntv2 criu-images restore %s to put the originals back", dir)}
+		})
+}
+
+// imagesDirCommand is a command on one images directory, its argument.
+func imagesDirCommand(use, short, example string, run func(*cobra.Command, string, *images.Dir) error) *cobra.Command {
+	return &cobra.Command{
+		Use: use, Short: short, Example: example, Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			d, err := openImagesArg(args[0])
+			if err != nil {
+				return err
+			}
+			defer d.Close()
+			return run(cmd, args[0], d)
 		},
 	}
 }

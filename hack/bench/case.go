@@ -181,14 +181,7 @@ func hookCase(r *Row, d *images.Dir, dir string) error {
 	if err != nil {
 		return err
 	}
-	stripped := make([]forest.NamespaceMounts, len(input))
-	for i, ns := range input {
-		stripped[i] = forest.NamespaceMounts{ID: ns.ID}
-		for _, m := range ns.Mounts {
-			m.PeerGroup, m.Master = 0, 0
-			stripped[i].Mounts = append(stripped[i].Mounts, m)
-		}
-	}
+	stripped := forest.WithoutSharing(input)
 	sf, err := forest.Build(stripped)
 	if err != nil {
 		return err

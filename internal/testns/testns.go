@@ -115,3 +115,14 @@ func Exclusive(t *testing.T) (release func()) {
 	}
 	return func() { _ = syscall.Flock(lockFd, syscall.LOCK_SH) }
 }
+
+// OpenFDs counts this process's open fds, for tests that check nothing
+// leaks.
+func OpenFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
