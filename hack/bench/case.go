@@ -186,7 +186,12 @@ func hookCase(r *Row, d *images.Dir, dir string) error {
 	if err != nil {
 		return err
 	}
-	plan, err := restore.NewPlan(restore.Input{Forest: sf})
+	in, err := restore.LoadInput(d) // for the tmpfs content
+	if err != nil {
+		return err
+	}
+	in.Forest = sf
+	plan, err := restore.NewPlan(in)
 	if err != nil {
 		return err
 	}
@@ -202,7 +207,7 @@ func hookCase(r *Row, d *images.Dir, dir string) error {
 			return err
 		}
 		pins := filepath.Join(dir, fmt.Sprintf("pins%d", run))
-		if _, err := restore.Apply(plan, restore.Options{Root: root, PinDir: pins, Log: quiet}); err != nil {
+		if _, err := restore.Apply(plan, restore.Options{Root: root, PinDir: pins, Images: d, Log: quiet}); err != nil {
 			return err
 		}
 		paths := map[uint32]string{}
