@@ -65,12 +65,17 @@ func planCase(r *Row, d *images.Dir) error {
 	if err != nil {
 		return err
 	}
-	t1 := time.Now()
-	plan, err := restore.NewPlan(in)
-	if err != nil {
-		return err
+	r.LoadS = time.Since(t0).Seconds()
+	var plan *restore.Plan
+	for run := 0; run < 3; run++ { // best of three
+		t1 := time.Now()
+		if plan, err = restore.NewPlan(in); err != nil {
+			return err
+		}
+		if el := time.Since(t1).Seconds(); r.PlanS == 0 || el < r.PlanS {
+			r.PlanS = el
+		}
 	}
-	r.LoadS, r.PlanS = t1.Sub(t0).Seconds(), time.Since(t1).Seconds()
 	r.Mounts, r.Steps, r.Helpers = in.Forest.Len(), len(plan.Steps), plan.Helpers
 	r.PeakMB = peakRSSMB()
 	return nil

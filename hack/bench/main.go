@@ -143,7 +143,7 @@ func runChild(mode, shape string, n int) Row {
 
 func report(w *os.File, rows []Row, criu []CriuRow) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "\nplanning (load = read the images; peak = the process's peak RSS)")
+	fmt.Fprintln(w, "\nplanning, best of 3 (load = read the images; peak = the process's peak RSS)")
 	fmt.Fprintln(tw, "shape\tN\tmounts\tload ms\tplan ms\tpeak MB\tsteps\t")
 	exps := map[string][][2]float64{}
 	for _, r := range rows {
