@@ -248,8 +248,12 @@ func (a *applier) peel(ln *LiveNamespace, st *liveState) (err error) {
 			}
 			unix.Close(park)
 		}
+		wanted := make(map[*forest.Mount]bool, len(st.want))
+		for id := range st.want {
+			wanted[ln.Mounts[id]] = true
+		}
 		for m, fd := range fds {
-			if err != nil || !a.wanted(ln, st, m) {
+			if err != nil || !wanted[m] {
 				unix.Close(fd)
 			}
 		}
@@ -291,15 +295,6 @@ func (a *applier) peel(ln *LiveNamespace, st *liveState) (err error) {
 		parked[m] = false
 	}
 	return nil
-}
-
-func (a *applier) wanted(ln *LiveNamespace, st *liveState, m *forest.Mount) bool {
-	for id := range st.want {
-		if ln.Mounts[id] == m {
-			return true
-		}
-	}
-	return false
 }
 
 // newPark mounts an empty private tmpfs stacked on the worker's root: a

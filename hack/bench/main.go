@@ -76,6 +76,9 @@ func main() {
 		}
 	}
 	for _, shape := range strings.Split(*shapes, ",") {
+		if shape == "" {
+			continue
+		}
 		for _, n := range ints(*planSizes) {
 			run("plan", shape, n)
 		}
