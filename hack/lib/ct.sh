@@ -45,7 +45,13 @@ start_ct() {
 		[ -e "$w/root/.ready" ] && break
 		sleep 0.05
 	done
-	[ -e "$w/root/.ready" ] || { cat "$w/ct.out" >&2; return 1; }
+	if [ ! -e "$w/root/.ready" ]; then
+		# Not ready in time: end the container we started (its init is
+		# the only child of unshare) before giving up.
+		kill -9 "$(cut -d' ' -f1 "/proc/$upid/task/$upid/children" 2>/dev/null)" 2>/dev/null || true
+		cat "$w/ct.out" >&2
+		return 1
+	fi
 	cut -d' ' -f1 "/proc/$upid/task/$upid/children"
 }
 
