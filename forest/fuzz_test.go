@@ -1,13 +1,13 @@
 package forest
 
 import (
-	"github.com/mntv2/mntv2/internal/fuzzseed"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/mntv2/mntv2/images"
+	"github.com/mntv2/mntv2/internal/fuzzseed"
 )
 
 // FuzzBuildFromImage: any mountpoints image gives a valid forest or an
@@ -17,17 +17,9 @@ func FuzzBuildFromImage(f *testing.F) {
 	fuzzseed.Files(f, filepath.Join(fixtures, "*", "images", "mountpoints-*.img"))
 	lim := images.Limits{MaxRecord: 1 << 16, MaxFile: 1 << 20}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		img, err := images.Parse(data, "mountpoints-1.img", images.Mountpoints, lim)
+		ms, err := ParseMountpoints(data, "mountpoints-1.img", lim)
 		if err != nil {
 			return
-		}
-		entries, err := img.Mounts()
-		if err != nil {
-			return
-		}
-		ms := make([]Mount, len(entries))
-		for i := range entries {
-			ms[i] = FromImageMount(&entries[i])
 		}
 		fo, err := Build([]NamespaceMounts{{ID: 1, Mounts: ms}})
 		if err != nil {
@@ -39,7 +31,7 @@ func FuzzBuildFromImage(f *testing.F) {
 		if d := Compare(fo, fo); len(d) != 0 {
 			t.Fatalf("forest differs from itself: %v", d[0])
 		}
-		back := make([]Mount, 0, len(entries))
+		back := make([]Mount, 0, len(ms))
 		for _, m := range fo.Namespaces[0].Mounts {
 			e := ToImageMount(m)
 			back = append(back, FromImageMount(&e))

@@ -133,3 +133,21 @@ func ToImageMount(m *Mount) images.Mount {
 	}
 	return e
 }
+
+// ParseMountpoints reads the mounts of one mountpoints image held in
+// memory, within lim.
+func ParseMountpoints(data []byte, name string, lim images.Limits) ([]Mount, error) {
+	img, err := images.Parse(data, name, images.Mountpoints, lim)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := img.Mounts()
+	if err != nil {
+		return nil, err
+	}
+	ms := make([]Mount, len(entries))
+	for i := range entries {
+		ms[i] = FromImageMount(&entries[i])
+	}
+	return ms, nil
+}

@@ -2,9 +2,10 @@ package images
 
 import (
 	"bytes"
-	"github.com/mntv2/mntv2/internal/fuzzseed"
 	"path/filepath"
 	"testing"
+
+	"github.com/mntv2/mntv2/internal/fuzzseed"
 )
 
 // FuzzParse: any bytes give an image or a FormatError, never a panic or an
