@@ -589,6 +589,20 @@ func (a *applier) fillTmpfs(s Step) error {
 // come from the images) before open_tree clones it.
 func (a *applier) bind(s Step) error {
 	from := a.fds[s.From]
+	if info := a.plan.Handles[s.From]; s.Path != "" && !strings.Contains(s.Path, "/") &&
+		info.Mount == 0 && !info.Root && !info.Live && !info.Helper {
+		// A subdirectory of a new superblock's own detached mount: one
+		// component, looked up inside it without following a final
+		// symlink, needs no separate checked open.
+		fd, err := a.sysFd("open_tree", func() (int, error) {
+			return unix.OpenTree(from, s.Path, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_SYMLINK_NOFOLLOW)
+		})
+		if err != nil {
+			return fmt.Errorf("%s inside %s: %w", s.Path, info.What, err)
+		}
+		a.fds[s.Handle] = fd
+		return nil
+	}
 	if s.Path != "" {
 		fd, err := openInside(from, s.Path, unix.O_PATH, 0)
 		if err != nil {
