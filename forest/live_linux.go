@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -82,4 +83,23 @@ func InNamespace(nsFD int, fn func() error) error {
 		errc <- fn()
 	}()
 	return <-errc
+}
+
+// ReadNamespaceFiles reads the namespaces at paths (namespace id -> nsfs
+// file, as ReadNamespaceFile takes it), in increasing id order.
+func ReadNamespaceFiles(paths map[uint32]string) ([]NamespaceMounts, error) {
+	ids := make([]uint32, 0, len(paths))
+	for id := range paths {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	found := make([]NamespaceMounts, 0, len(ids))
+	for _, id := range ids {
+		nm, err := ReadNamespaceFile(paths[id], id)
+		if err != nil {
+			return nil, err
+		}
+		found = append(found, nm)
+	}
+	return found, nil
 }

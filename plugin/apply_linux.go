@@ -176,13 +176,13 @@ func ApplyLive(input []forest.NamespaceMounts, helpers []restore.HelperMount, ns
 
 // verifyNamespaces compares the live namespaces with the images.
 func verifyNamespaces(original *forest.Forest, nsPaths map[uint32]string, cfg Config, log *slog.Logger) error {
-	var found []forest.NamespaceMounts
+	paths := make(map[uint32]string, len(original.Namespaces))
 	for _, ns := range original.Namespaces {
-		tree, err := forest.ReadNamespaceFile(nsPaths[ns.ID], ns.ID)
-		if err != nil {
-			return err
-		}
-		found = append(found, tree)
+		paths[ns.ID] = nsPaths[ns.ID]
+	}
+	found, err := forest.ReadNamespaceFiles(paths)
+	if err != nil {
+		return err
 	}
 	ff, err := forest.Build(found)
 	if err != nil {

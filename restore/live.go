@@ -48,7 +48,7 @@ func NewLivePlan(in Input) (*Plan, error) {
 		p.plan.Namespaces = append(p.plan.Namespaces, ns.ID)
 	}
 	// Helpers first, while everything is private: nothing propagates.
-	_ = p.walk(func(m *forest.Mount) {
+	p.walk(func(m *forest.Mount) {
 		if !in.Live.Helpers[MountRef{m.NS.ID, m.ID}] {
 			return
 		}
@@ -66,13 +66,7 @@ func NewLivePlan(in Input) (*Plan, error) {
 	if err := p.hostMasters(); err != nil {
 		return nil, err
 	}
-	_ = p.walk(func(m *forest.Mount) {
-		if m.Unbindable {
-			s := step(OpMakeUnbindable)
-			s.NS, s.Mount, s.Handle, s.Why = m.NS.ID, m.ID, p.h(m), "unbindable in the images"
-			p.add(s)
-		}
-	})
+	p.unbindable()
 	for h, info := range p.plan.Handles {
 		s := step(OpDrop)
 		s.Handle, s.Why = Handle(h), p.whyf("done with %s", info.What)
@@ -171,14 +165,14 @@ func (p *planner) hostGroupIf(cond bool, id uint32) Handle {
 // indexDevs lists the non-root mounts of each superblock: in a live plan
 // any of them can be the source of a helper.
 func (p *planner) indexDevs() {
-	_ = p.walk(func(m *forest.Mount) {
+	p.walk(func(m *forest.Mount) {
 		p.devMounts[m.Dev] = append(p.devMounts[m.Dev], m)
 	})
 }
 
 // walk calls fn for every non-root mount, namespace by namespace, parents
 // first.
-func (p *planner) walk(fn func(m *forest.Mount)) error {
+func (p *planner) walk(fn func(m *forest.Mount)) {
 	for _, ns := range p.in.Forest.Namespaces {
 		_ = ns.Walk(func(m *forest.Mount) error {
 			if !m.IsRoot() {
@@ -187,7 +181,18 @@ func (p *planner) walk(fn func(m *forest.Mount)) error {
 			return nil
 		})
 	}
-	return nil
+}
+
+// unbindable plans MS_UNBINDABLE for the mounts the images mark so, after
+// all sharing (an unbindable mount can be in no group).
+func (p *planner) unbindable() {
+	p.walk(func(m *forest.Mount) {
+		if m.Unbindable {
+			s := step(OpMakeUnbindable)
+			s.NS, s.Mount, s.Handle, s.Why = m.NS.ID, m.ID, p.h(m), "unbindable in the images"
+			p.add(s)
+		}
+	})
 }
 
 // LiveHelpers lists the helper mounts a live restore of f needs: one per

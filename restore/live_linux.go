@@ -146,11 +146,9 @@ func (a *applier) openByPath(m *forest.Mount) (int, error) {
 
 // openExposed opens the topmost mount at m's mountpoint and checks it is m.
 func (a *applier) openExposed(m *forest.Mount) (int, error) {
-	fd, err := a.sysFd("open_tree", func() (int, error) {
-		return unix.OpenTree(unix.AT_FDCWD, m.Mountpoint, unix.OPEN_TREE_CLOEXEC|unix.AT_SYMLINK_NOFOLLOW)
-	})
+	fd, err := a.openByPath(m)
 	if err != nil {
-		return -1, fmt.Errorf("mount %d at %s: %w", m.ID, m.Mountpoint, err)
+		return -1, err
 	}
 	var stx unix.Statx_t
 	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &stx); err != nil {
@@ -162,20 +160,6 @@ func (a *applier) openExposed(m *forest.Mount) (int, error) {
 		return -1, fmt.Errorf("mount %d at %s: found mount %d there instead", m.ID, m.Mountpoint, stx.Mnt_id)
 	}
 	return fd, nil
-}
-
-// attachOrder lists a tree's mounts parents first; among siblings a mount
-// that another one covers comes first (as the planner's assemble).
-func attachOrder(ns *forest.Namespace) []*forest.Mount {
-	var order []*forest.Mount
-	stack := []*forest.Mount{ns.Root}
-	for len(stack) > 0 {
-		m := stack[len(stack)-1]
-		stack = stack[:len(stack)-1]
-		order = append(order, m)
-		stack = append(stack, m.Children...)
-	}
-	return order
 }
 
 // peel opens every mount of a namespace: in reverse attach order each is

@@ -272,48 +272,43 @@ func contains(dir, p string) bool {
 // the parent's own root, never through another mount.
 func (p *planner) assemble() {
 	for _, ns := range p.in.Forest.Namespaces {
-		stack := []*forest.Mount{ns.Root}
-		for len(stack) > 0 {
-			m := stack[len(stack)-1]
-			stack = stack[:len(stack)-1]
-			if !m.IsRoot() {
-				s := step(OpAttach)
-				s.NS, s.Mount, s.Handle, s.Parent = ns.ID, m.ID, p.handle[m], p.handle[m.Parent]
-				s.Path = relTo(m.Mountpoint, m.Parent.Mountpoint)
-				s.Persistent = m.Parent.IsRoot() || m.Parent.External != ""
-				s.Why = "mount " + m.Describe()
-				if s.Path == "" {
-					s.Why += ", stacked on mount " + u32(m.Parent.ID)
-				}
-				p.add(s)
+		for _, m := range attachOrder(ns)[1:] {
+			s := step(OpAttach)
+			s.NS, s.Mount, s.Handle, s.Parent = ns.ID, m.ID, p.handle[m], p.handle[m.Parent]
+			s.Path = relTo(m.Mountpoint, m.Parent.Mountpoint)
+			s.Persistent = m.Parent.IsRoot() || m.Parent.External != ""
+			s.Why = "mount " + m.Describe()
+			if s.Path == "" {
+				s.Why += ", stacked on mount " + u32(m.Parent.ID)
 			}
-			// Push in mountpoint order, so they pop in reverse.
-			stack = append(stack, m.Children...)
+			p.add(s)
 		}
 	}
+}
+
+// attachOrder lists a namespace's mounts, its root first, in the order
+// they can be attached: parents before children, and among the children
+// of one mount in reverse mountpoint order, so that one covering another's
+// mountpoint comes after it. Applying a live plan peels a tree in the
+// reverse of this order.
+func attachOrder(ns *forest.Namespace) []*forest.Mount {
+	order := make([]*forest.Mount, 0, len(ns.Mounts))
+	stack := []*forest.Mount{ns.Root}
+	for len(stack) > 0 {
+		m := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		order = append(order, m)
+		// Push in mountpoint order, so they pop in reverse.
+		stack = append(stack, m.Children...)
+	}
+	return order
 }
 
 // finish plans unbindable, the per-mount flags, the drop of sources and
 // helpers, and the pins.
 func (p *planner) finish() {
-	walk := func(fn func(m *forest.Mount)) {
-		for _, ns := range p.in.Forest.Namespaces {
-			_ = ns.Walk(func(m *forest.Mount) error {
-				if !m.IsRoot() {
-					fn(m)
-				}
-				return nil
-			})
-		}
-	}
-	walk(func(m *forest.Mount) {
-		if m.Unbindable {
-			s := step(OpMakeUnbindable)
-			s.NS, s.Mount, s.Handle, s.Why = m.NS.ID, m.ID, p.handle[m], "unbindable in the images"
-			p.add(s)
-		}
-	})
-	walk(func(m *forest.Mount) {
+	p.unbindable()
+	p.walk(func(m *forest.Mount) {
 		// New mounts and binds of them are rw,relatime; external clones
 		// carry the host mount's flags, so they are always set.
 		if m.Flags == forest.Relatime && m.External == "" && p.extRoot[m.Dev] == nil && p.rootOf[m.Dev] == nil {

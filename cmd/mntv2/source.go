@@ -66,46 +66,32 @@ func (s *liveSource) read(ids []uint32, mntns uint32) ([]forest.NamespaceMounts,
 				ids = append(ids, uint32(n))
 			}
 		}
-		var found []forest.NamespaceMounts
+		paths := make(map[uint32]string, len(ids))
 		for _, id := range ids {
-			nm, err := forest.ReadNamespaceFile(filepath.Join(s.pinDir, fmt.Sprintf("mntns-%d", id)), id)
-			if err != nil {
-				return nil, err
-			}
-			found = append(found, nm)
+			paths[id] = filepath.Join(s.pinDir, fmt.Sprintf("mntns-%d", id))
 		}
-		return found, nil
+		return forest.ReadNamespaceFiles(paths)
 	case s.tree != 0 && s.images != nil:
 		paths, err := plugin.RestoredNamespaces(s.images, s.tree)
 		if err != nil {
 			return nil, err
 		}
-		var found []forest.NamespaceMounts
-		for id, p := range paths {
+		for id := range paths {
 			if ids != nil && !slices.Contains(ids, id) {
-				continue
+				delete(paths, id)
 			}
-			nm, err := forest.ReadNamespaceFile(p, id)
-			if err != nil {
-				return nil, err
-			}
-			found = append(found, nm)
 		}
-		return found, nil
+		return forest.ReadNamespaceFiles(paths)
 	case s.tree != 0:
-		paths, err := plugin.TreeNamespaceFiles(s.tree)
+		files, err := plugin.TreeNamespaceFiles(s.tree)
 		if err != nil {
 			return nil, err
 		}
-		var found []forest.NamespaceMounts
-		for i, p := range paths {
-			nm, err := forest.ReadNamespaceFile(p, uint32(i+1))
-			if err != nil {
-				return nil, err
-			}
-			found = append(found, nm)
+		paths := make(map[uint32]string, len(files))
+		for i, p := range files {
+			paths[uint32(i+1)] = p
 		}
-		return found, nil
+		return forest.ReadNamespaceFiles(paths)
 	case s.pid != 0:
 		nm, err := forest.ReadPID(s.pid, mntns)
 		return []forest.NamespaceMounts{nm}, err

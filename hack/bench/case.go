@@ -147,13 +147,9 @@ func restoreCase(r *Row, d *images.Dir, dir string) error {
 			}
 		}
 		t = time.Now()
-		var found []forest.NamespaceMounts
-		for _, ns := range in.Forest.Namespaces {
-			nm, err := forest.ReadNamespaceFile(filepath.Join(pins, restore.PinName(ns.ID)), ns.ID)
-			if err != nil {
-				return err
-			}
-			found = append(found, nm)
+		found, err := forest.ReadNamespaceFiles(pinPaths(in.Forest, pins))
+		if err != nil {
+			return err
 		}
 		ff, err := forest.Build(found)
 		if err != nil {
@@ -215,10 +211,7 @@ func hookCase(r *Row, d *images.Dir, dir string) error {
 		if _, err := restore.Apply(plan, restore.Options{Root: root, PinDir: pins, Images: d, Log: quiet}); err != nil {
 			return err
 		}
-		paths := map[uint32]string{}
-		for _, ns := range original.Namespaces {
-			paths[ns.ID] = filepath.Join(pins, restore.PinName(ns.ID))
-		}
+		paths := pinPaths(original, pins)
 		rep, err := plugin.ApplyLive(input, nil, paths, plugin.Config{Log: quiet})
 		if err != nil {
 			return err
@@ -244,4 +237,13 @@ func hookCase(r *Row, d *images.Dir, dir string) error {
 	}
 	r.Ratio = r.HookS / r.FloorS
 	return nil
+}
+
+// pinPaths names the pin of each namespace of f in a pin dir.
+func pinPaths(f *forest.Forest, pins string) map[uint32]string {
+	paths := make(map[uint32]string, len(f.Namespaces))
+	for _, ns := range f.Namespaces {
+		paths[ns.ID] = filepath.Join(pins, restore.PinName(ns.ID))
+	}
+	return paths
 }
