@@ -81,9 +81,35 @@ func Strip(d *images.Dir, owner int, token string, fail func(step string) error)
 	if _, err := Recover(d); err != nil {
 		return nil, err
 	}
-	f, err := forest.FromImages(d)
+	// Each image is read once: its bytes give the digest, the forest (for
+	// the helpers) and the stripped image.
+	ids, err := d.MountNamespaces()
 	if err != nil {
 		return nil, err
+	}
+	origs := make([][]byte, len(ids))
+	imgs := make([]*images.Image, len(ids))
+	input := make([]forest.NamespaceMounts, len(ids))
+	for i, id := range ids {
+		name := images.MountpointsFile(id)
+		if origs[i], err = d.ReadAll(name); err != nil {
+			return nil, err
+		}
+		if imgs[i], err = images.Parse(origs[i], name, images.Mountpoints, d.Limits); err != nil {
+			return nil, err
+		}
+		ms, err := forest.ParseMountpoints(origs[i], name, d.Limits)
+		if err != nil {
+			return nil, err
+		}
+		input[i] = forest.NamespaceMounts{ID: id, Mounts: ms}
+	}
+	if len(ids) == 0 {
+		return nil, fmt.Errorf("images %s: no mountpoints-*.img", d.Path())
+	}
+	f, err := forest.Build(input)
+	if err != nil {
+		return nil, fmt.Errorf("images %s: %w", d.Path(), err)
 	}
 	helpers, err := restore.LiveHelpers(f)
 	if err != nil {
@@ -93,26 +119,14 @@ func Strip(d *images.Dir, owner int, token string, fail func(step string) error)
 	for _, h := range helpers {
 		byNS[h.NS] = append(byNS[h.NS], forest.ToImageMount(&h.Mount))
 	}
-	ids, err := d.MountNamespaces()
-	if err != nil {
-		return nil, err
-	}
 	if token == "" {
 		token = NewToken()
 	}
 	man := &Manifest{Version: 1, Token: token, Owner: owner, Helpers: helpers}
 	rewritten := map[string][]byte{}
-	for _, id := range ids {
+	for i, id := range ids {
 		name := images.MountpointsFile(id)
-		orig, err := d.ReadAll(name)
-		if err != nil {
-			return nil, err
-		}
-		img, err := images.Parse(orig, name, images.Mountpoints, d.Limits)
-		if err != nil {
-			return nil, err
-		}
-		out, changed, err := img.StripSharing()
+		out, changed, err := imgs[i].StripSharing()
 		if err != nil {
 			return nil, err
 		}
@@ -122,7 +136,7 @@ func Strip(d *images.Dir, owner int, token string, fail func(step string) error)
 		if changed == 0 && len(byNS[id]) == 0 {
 			continue
 		}
-		sum := sha256.Sum256(orig)
+		sum := sha256.Sum256(origs[i])
 		man.Files = append(man.Files, FileRecord{Name: name, SHA256: hex.EncodeToString(sum[:])})
 		rewritten[name] = out.Bytes()
 	}
