@@ -230,7 +230,13 @@ func (a *applier) prepare() error {
 // coming run it in a goroutine while they read and plan, so Apply finds
 // the table grown.
 func GrowFdTable(n int) {
-	growFdTable(0, n)
+	// Any open fd will do to dup from; fd 0 may be closed.
+	fd, err := unix.Open("/", unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	growFdTable(fd, n)
+	unix.Close(fd)
 }
 
 // growFdTable makes the fd table hold n fds at once. The kernel grows it
