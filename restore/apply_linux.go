@@ -46,6 +46,10 @@ type Options struct {
 	// FailSyscall makes the N-th mount syscall (counting from 1) fail with
 	// ErrInjected: for fault-injection tests only.
 	FailSyscall int
+
+	// MountIDs fills NamespaceResult.Mounts with the new mount ids (a
+	// statx per mount).
+	MountIDs bool
 }
 
 // Result says what a restore made.
@@ -62,8 +66,10 @@ type Result struct {
 type NamespaceResult struct {
 	ID  uint32 `json:"id"`
 	Pin string `json:"pin"`
-	// Mounts maps image mount ids to the new mount ids.
-	Mounts map[uint32]uint64 `json:"mounts"`
+	// Count is the number of mounts restored in the namespace.
+	Count int `json:"count"`
+	// Mounts maps image mount ids to the new mount ids (Options.MountIDs).
+	Mounts map[uint32]uint64 `json:"mounts,omitempty"`
 }
 
 // PhaseTime is the time one phase of the restore took.
@@ -114,7 +120,21 @@ type applier struct {
 	pins     []string
 	calls    int
 	live     map[uint32]*liveState
+
+	// What is known of each handle's mount without asking the kernel:
+	// whether its root is a directory, and whether its superblock got
+	// tmpfs content (so mountpoints in it are likely there already).
+	kind    []kind
+	content []bool
 }
+
+type kind int8
+
+const (
+	kindUnknown kind = iota
+	kindDir
+	kindOther
+)
 
 // Apply restores plan. It runs on the calling goroutine's thread (locked for
 // the duration), whose mount namespace holds the pins. On failure nothing is
@@ -130,6 +150,7 @@ func Apply(plan *Plan, opt Options) (res *Result, err error) {
 		opt.TmpfsLimit = 1 << 30
 	}
 	a := &applier{plan: plan, opt: opt, fds: make([]int, len(plan.Handles)),
+		kind: make([]kind, len(plan.Handles)), content: make([]bool, len(plan.Handles)),
 		workers: map[uint32]*worker{}, nsFds: map[uint32]int{}, attached: map[uint32][]Handle{},
 		baseNS: -1, pinDir: -1, rootLock: -1}
 	for i := range a.fds {
@@ -160,16 +181,21 @@ func Apply(plan *Plan, opt Options) (res *Result, err error) {
 	}
 	res.Syscalls = a.calls
 	for _, id := range plan.Namespaces {
-		nr := NamespaceResult{ID: id, Mounts: map[uint32]uint64{}}
+		nr := NamespaceResult{ID: id}
 		if opt.Live == nil {
 			nr.Pin = filepath.Join(opt.PinDir, PinName(id))
 		}
+		if opt.MountIDs {
+			nr.Mounts = map[uint32]uint64{}
+		}
 		for h, info := range plan.Handles {
-			if info.NS == id && info.Mount != 0 && a.fds[h] >= 0 {
-				var stx unix.Statx_t
-				if unix.Statx(a.fds[h], "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &stx) == nil {
-					nr.Mounts[info.Mount] = stx.Mnt_id
-				}
+			if info.NS != id || info.Mount == 0 || a.fds[h] < 0 {
+				continue
+			}
+			nr.Count++
+			var stx unix.Statx_t
+			if opt.MountIDs && unix.Statx(a.fds[h], "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &stx) == nil {
+				nr.Mounts[info.Mount] = stx.Mnt_id
 			}
 		}
 		res.Namespaces = append(res.Namespaces, nr)
@@ -562,7 +588,7 @@ func (a *applier) newSuperblock(s Step) error {
 	if err != nil {
 		return err
 	}
-	a.fds[s.Handle] = fd
+	a.fds[s.Handle], a.kind[s.Handle] = fd, kindDir
 	return nil
 }
 
@@ -587,6 +613,7 @@ func (a *applier) fillTmpfs(s Step) error {
 	if err := extractTmpfs(f, a.fds[s.Handle], limit); err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
+	a.content[s.Handle] = true
 	return nil
 }
 
@@ -594,6 +621,10 @@ func (a *applier) fillTmpfs(s Step) error {
 // is resolved below that mount's root without symlinks (the content may
 // come from the images) before open_tree clones it.
 func (a *applier) bind(s Step) error {
+	a.content[s.Handle] = a.content[s.From]
+	if s.Path == "" {
+		a.kind[s.Handle] = a.kind[s.From]
+	}
 	from := a.fds[s.From]
 	if info := a.plan.Handles[s.From]; s.Path != "" && !strings.Contains(s.Path, "/") &&
 		info.Mount == 0 && !info.Root && !info.Live && !info.Helper {
@@ -633,37 +664,20 @@ func (a *applier) attach(s Step) error {
 	src := a.fds[s.Handle]
 	target := a.fds[s.Parent]
 	if s.Path != "" {
-		var st unix.Stat_t
-		if err := unix.Fstat(src, &st); err != nil {
-			return sysErr("fstat", err)
+		isDir, err := a.isDir(s.Handle)
+		if err != nil {
+			return err
 		}
 		if !s.Persistent && !strings.Contains(s.Path, "/") {
-			// Fast path for a mountpoint that does not exist yet in a
-			// mount this restore made: create it, then attach by name
-			// (one component, resolved without following a symlink).
-			// Anything already there takes the checked path below.
-			isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR
-			created, err := createNew(target, s.Path, isDir)
-			if err != nil {
+			if done, err := a.attachByName(s, isDir); done || err != nil {
 				return err
-			}
-			if created || isDir {
-				// An existing entry is taken only as a directory: a
-				// directory mount cannot land on a symlink or a file
-				// (ENOTDIR), and then the checked path below says why.
-				err := a.sys("move_mount", func() error {
-					return unix.MoveMount(src, "", target, s.Path, unix.MOVE_MOUNT_F_EMPTY_PATH)
-				})
-				if err == nil || created || !errors.Is(err, unix.ENOTDIR) {
-					return err
-				}
 			}
 		}
 		var record func(created)
 		if s.Persistent {
 			record = func(c created) { a.created = append(a.created, c) }
 		}
-		fd, err := openMountpoint(target, s.Path, st.Mode&unix.S_IFMT == unix.S_IFDIR, record)
+		fd, err := openMountpoint(target, s.Path, isDir, record)
 		if err != nil {
 			return err
 		}
@@ -679,6 +693,58 @@ func (a *applier) attach(s Step) error {
 		a.attached[s.NS] = append(a.attached[s.NS], s.Handle)
 	}
 	return nil
+}
+
+// isDir says whether a handle's mount root is a directory.
+func (a *applier) isDir(h Handle) (bool, error) {
+	if a.kind[h] == kindUnknown {
+		var st unix.Stat_t
+		if err := unix.Fstat(a.fds[h], &st); err != nil {
+			return false, sysErr("fstat", err)
+		}
+		a.kind[h] = kindOther
+		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			a.kind[h] = kindDir
+		}
+	}
+	return a.kind[h] == kindDir, nil
+}
+
+// attachByName is attach's fast path for a mountpoint of one component in
+// a mount this restore made: the name is resolved without following a
+// symlink, and a missing mountpoint is created. In a superblock that got
+// tmpfs content the mountpoint most likely came with it, so the move comes
+// first; elsewhere nothing is there yet, so the mkdir does. An existing
+// entry is taken only as a directory (a directory mount cannot land on a
+// symlink or a file: ENOTDIR); otherwise it reports not done, and attach's
+// checked path decides and says why.
+func (a *applier) attachByName(s Step, isDir bool) (done bool, err error) {
+	src, target := a.fds[s.Handle], a.fds[s.Parent]
+	move := func() error {
+		return a.sys("move_mount", func() error {
+			return unix.MoveMount(src, "", target, s.Path, unix.MOVE_MOUNT_F_EMPTY_PATH)
+		})
+	}
+	if isDir && a.content[s.Parent] {
+		err := move()
+		switch {
+		case errors.Is(err, unix.ENOTDIR):
+			return false, nil
+		case !errors.Is(err, unix.ENOENT):
+			return true, err
+		}
+	}
+	created, err := createNew(target, s.Path, isDir)
+	if err != nil {
+		return true, err
+	}
+	if !created && !isDir {
+		return false, nil
+	}
+	if err := move(); created || !errors.Is(err, unix.ENOTDIR) {
+		return true, err
+	}
+	return false, nil
 }
 
 // mountAttr is the mount_setattr argument that sets exactly flags.

@@ -199,7 +199,7 @@ func TestApplyFixturesReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	root, pins := scratch(t)
-	res, err := Apply(plan, Options{Root: root, PinDir: pins, Images: d})
+	res, err := Apply(plan, Options{Root: root, PinDir: pins, Images: d, MountIDs: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,8 +208,8 @@ func TestApplyFixturesReport(t *testing.T) {
 		t.Fatalf("helpers %d, namespaces %d", res.Helpers, len(res.Namespaces))
 	}
 	ns := res.Namespaces[0]
-	if len(ns.Mounts) != len(in.Forest.Namespaces[0].Mounts) {
-		t.Errorf("%d mount ids reported, want %d", len(ns.Mounts), len(in.Forest.Namespaces[0].Mounts))
+	if len(ns.Mounts) != len(in.Forest.Namespaces[0].Mounts) || ns.Count != len(ns.Mounts) {
+		t.Errorf("%d mount ids reported, count %d, want %d", len(ns.Mounts), ns.Count, len(in.Forest.Namespaces[0].Mounts))
 	}
 	nm, err := forest.ReadNamespaceFile(ns.Pin, ns.ID)
 	if err != nil {

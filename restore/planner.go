@@ -17,6 +17,7 @@ type planner struct {
 	source  map[uint32]Handle          // superblock (dev) -> handle of a new mount of its root
 	extRoot map[uint32][]*forest.Mount // superblock -> its external mounts
 	rootOf  map[uint32]*forest.Mount   // superblock -> a namespace root mount on it
+	born    map[uint32]*forest.Mount   // peer group -> the representative its members are cloned from
 
 	// Sharing phase and live plans.
 	groups    map[uint32]*groupPlan
@@ -33,7 +34,7 @@ func newPlanner(in Input) *planner {
 	plan := &Plan{Steps: make([]Step, 0, 4*n+16), Handles: make([]HandleInfo, 0, n+16)}
 	return &planner{in: in, plan: plan, handle: make(map[*forest.Mount]Handle, n),
 		source: map[uint32]Handle{}, extRoot: map[uint32][]*forest.Mount{}, rootOf: map[uint32]*forest.Mount{},
-		devMounts: map[uint32][]*forest.Mount{}, host: map[uint32]Handle{}}
+		born: map[uint32]*forest.Mount{}, devMounts: map[uint32][]*forest.Mount{}, host: map[uint32]Handle{}}
 }
 
 func (p *planner) newHandle(info HandleInfo) Handle {
@@ -68,11 +69,22 @@ func NewPlan(in Input) (*Plan, error) {
 		s.Why = "a new mount namespace whose root mount is a private bind of the restore root"
 		p.add(s)
 	}
+	p.walk(func(m *forest.Mount) {
+		if m.External != "" {
+			p.extRoot[m.Dev] = append(p.extRoot[m.Dev], m)
+		}
+	})
+	order, byID, err := p.analyzeSharing()
+	if err != nil {
+		return nil, err
+	}
+	p.bornPeers(order)
 	if err := p.createMounts(); err != nil {
 		return nil, err
 	}
 	p.assemble()
-	if err := p.sharing(); err != nil {
+	p.groups = byID
+	if err := p.planGroups(order); err != nil {
 		return nil, err
 	}
 	p.finish()
@@ -167,12 +179,10 @@ func (p *planner) createMounts() error {
 		})
 	}
 	for _, dev := range order {
-		mounts := bySB[dev]
-		var exts, others []*forest.Mount
-		for _, m := range mounts {
-			if m.External != "" {
-				exts = append(exts, m)
-			} else {
+		exts := p.extRoot[dev]
+		var others []*forest.Mount
+		for _, m := range bySB[dev] {
+			if m.External == "" {
 				others = append(others, m)
 			}
 		}
@@ -185,7 +195,6 @@ func (p *planner) createMounts() error {
 			s.Why = fmt.Sprintf("external mount %q: a private clone of %s on this host", m.External, hostPath)
 			p.add(s)
 		}
-		p.extRoot[dev] = exts
 		if len(others) == 0 {
 			continue
 		}
@@ -234,10 +243,27 @@ func (p *planner) createMounts() error {
 			p.add(s)
 		}
 		for _, m := range others {
-			p.bind(m, src, rel(m.Root), "a private bind of root "+m.Root)
+			if rep := p.born[m.PeerGroup]; rep != nil {
+				p.bindPeer(m, rep, src)
+			} else {
+				p.bind(m, src, rel(m.Root), "a private bind of root "+m.Root)
+			}
 		}
 	}
 	return nil
+}
+
+// bindPeer plans m as a clone of its group's shared representative, a
+// peer from birth (see bornPeers). The representative comes first: a bind
+// of the new superblock, made shared while still detached.
+func (p *planner) bindPeer(m, rep *forest.Mount, src Handle) {
+	if _, ok := p.handle[rep]; !ok {
+		p.bind(rep, src, rel(rep.Root), "a bind of root "+rep.Root+", shared before the other members are cloned from it")
+		p.propagation(OpMakeShared, p.handle[rep], rep, fmt.Sprintf("peer group %d starts here; its members are born in it", rep.PeerGroup))
+	}
+	if m != rep {
+		p.bind(m, p.handle[rep], relTo(m.Root, rep.Root), fmt.Sprintf("a clone of shared mount %d: a peer of group %d from birth", rep.ID, m.PeerGroup))
+	}
 }
 
 func (p *planner) bind(m *forest.Mount, from Handle, subpath, why string) {

@@ -87,7 +87,13 @@ func runModel(t *testing.T, plan *Plan) *model {
 			if from.unbindable {
 				m.fail("bind from an unbindable mount")
 			}
-			m.h[s.Handle] = mstate{created: true, sb: from.sb, root: path.Join(from.root, s.Path)}
+			// As clone_mnt: a clone of a shared mount is its peer, and a
+			// clone of a slave has the same master.
+			m.h[s.Handle] = mstate{created: true, sb: from.sb, root: path.Join(from.root, s.Path),
+				group: from.group, master: from.master}
+			if from.group != 0 {
+				m.groups[from.group]++
+			}
 		case OpAttach:
 			st, parent := m.live(s.Handle), m.live(s.Parent)
 			if st.attached {
@@ -95,6 +101,9 @@ func runModel(t *testing.T, plan *Plan) *model {
 			}
 			if !parent.attached {
 				m.fail("parent h%d is not attached yet", s.Parent)
+			}
+			if parent.group != 0 {
+				m.fail("attach under a shared mount: it would propagate to the parent's peers")
 			}
 			st.attached, st.attachedAt = true, i
 		case OpSetGroup:
@@ -362,6 +371,60 @@ func TestPlanHelpers(t *testing.T) {
 			}
 			if c.why != "" && !strings.Contains(planText(plan), c.why) {
 				t.Errorf("no helper step says %q:\n%s", c.why, planText(plan))
+			}
+		})
+	}
+}
+
+// Members of a group cloned from a shared representative need no set-group;
+// the model checks they end up peers and that nothing is attached under a
+// shared mount.
+func TestPlanBornPeers(t *testing.T) {
+	cases := []struct {
+		name            string
+		mounts          []string
+		setGroups, born int
+	}{
+		{"leaf peers, one containing the others", []string{
+			"10 1 /a /d 2 1 0",
+			"11 1 /b /d/x 2 1 0",
+			"12 1 /c /d/y 2 1 0",
+		}, 0, 2},
+		{"leaf peers with a slave", []string{
+			"10 1 /a / 2 1 0",
+			"11 1 /b / 2 1 0",
+			"12 1 /s /s 2 0 1",
+		}, 1, 1},
+		{"a member with a child: copied after assembly", []string{
+			"10 1 /a / 2 1 0",
+			"11 1 /b / 2 1 0",
+			"12 10 /a/c / 3 0 0",
+		}, 1, 0},
+		{"peers with a master: copied after assembly", []string{
+			"10 1 /m / 2 1 0",
+			"11 1 /a / 2 2 1",
+			"12 1 /b / 2 2 1",
+		}, 2, 0},
+		{"no member contains the others: a helper", []string{
+			"10 1 /a /x 2 1 0",
+			"11 1 /b /y 2 1 0",
+		}, 2, 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			plan := planAndCheck(t, Input{Forest: forestOf(t, c.mounts...)})
+			setGroups, born := 0, 0
+			for _, s := range plan.Steps {
+				switch {
+				case s.Op == OpSetGroup:
+					setGroups++
+				case s.Op == OpBind && strings.Contains(s.Why, "from birth"):
+					born++
+				}
+			}
+			if setGroups != c.setGroups || born != c.born {
+				t.Errorf("%d set-group steps and %d members born peers, want %d and %d:\n%s",
+					setGroups, born, c.setGroups, c.born, planText(plan))
 			}
 		})
 	}

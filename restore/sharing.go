@@ -37,6 +37,11 @@ func (p *planner) sharing() error {
 		return err
 	}
 	p.groups = byID
+	return p.planGroups(order)
+}
+
+// planGroups plans the groups of order, which lists masters first.
+func (p *planner) planGroups(order []*groupPlan) error {
 	for _, gp := range order {
 		if err := p.planGroup(gp); err != nil {
 			return err
@@ -174,9 +179,46 @@ func commonAncestor(roots []string) string {
 	return common
 }
 
+// bornPeers picks the groups whose members need no MOVE_MOUNT_SET_GROUP:
+// cloned from a representative made shared while everything is still
+// detached, they are peers from birth (a clone of a shared mount is its
+// peer). That is safe for a group with no master whose members are all
+// binds of one new superblock with nothing ever mounted under them: no
+// attach lands under a shared mount, so nothing propagates. The
+// representative is a member with the root the group needs, so its slaves
+// copy from it as from any other representative.
+func (p *planner) bornPeers(order []*groupPlan) {
+	for _, gp := range order {
+		if gp.Master != 0 || len(gp.Members) < 2 {
+			continue
+		}
+		var rep *forest.Mount
+		ok := true
+		for _, m := range gp.Members {
+			if m.IsRoot() || m.External != "" || m.Unbindable || len(m.Children) > 0 ||
+				p.extRoot[m.Dev] != nil || p.rootOf[m.Dev] != nil {
+				ok = false
+				break
+			}
+			if rep == nil && m.Root == gp.need {
+				rep = m
+			}
+		}
+		if ok && rep != nil {
+			p.born[gp.ID] = rep
+		}
+	}
+}
+
 // planGroup plans one group: its representative joins the master (if any)
 // and becomes shared, then every member and slave-only mount copies from it.
 func (p *planner) planGroup(gp *groupPlan) error {
+	if rep := p.born[gp.ID]; rep != nil {
+		// Peers from birth: only the slaves are left.
+		gp.rep = p.h(rep)
+		p.slavesOf(gp)
+		return nil
+	}
 	var rep *forest.Mount
 	for _, m := range gp.Members {
 		if m.Root == gp.need && (rep == nil || !m.IsRoot() && rep.IsRoot()) {

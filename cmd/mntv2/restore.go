@@ -75,7 +75,7 @@ sources, tmpfs archives, pin dir) without changing anything.`,
 			if err != nil {
 				return inputError(err)
 			}
-			opt := restore.Options{Root: absRoot, PinDir: pinDir, Images: d, Log: slog.Default()}
+			opt := restore.Options{Root: absRoot, PinDir: pinDir, Images: d, Log: slog.Default(), MountIDs: reportFile != ""}
 			preStart := time.Now()
 			if err := restore.Preflight(plan, opt); err != nil {
 				return inputError(fmt.Errorf("cannot restore: %w", err))
@@ -108,7 +108,7 @@ sources, tmpfs archives, pin dir) without changing anything.`,
 				return fmt.Errorf("restore failed, nothing was left behind: %w", err)
 			}
 			for _, ns := range res.Namespaces {
-				fmt.Fprintf(cmd.OutOrStdout(), "namespace %d: %d mounts, pinned at %s\n", ns.ID, len(ns.Mounts), ns.Pin)
+				fmt.Fprintf(cmd.OutOrStdout(), "namespace %d: %d mounts, pinned at %s\n", ns.ID, ns.Count, ns.Pin)
 			}
 			if reportFile != "" {
 				rep := report{Schema: "mntv2.restore-report/v1", Images: dir, Root: absRoot, PinDir: pinDir,
