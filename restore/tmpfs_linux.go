@@ -33,7 +33,8 @@ func extractTmpfs(r io.Reader, rootfd int, limit int64) error {
 	}
 	defer zr.Close()
 	tr := tar.NewReader(zr)
-	x := &extraction{rootfd: rootfd, budget: limit, dirfd: -1, mask: -1}
+	x := &extraction{rootfd: rootfd, budget: limit, dirfd: -1, mask: -1,
+		uid: os.Geteuid(), gid: os.Getegid(), setgid: map[string]bool{}}
 	defer x.close()
 	for n := 0; ; n++ {
 		hdr, err := tr.Next()
@@ -84,6 +85,12 @@ type extraction struct {
 	dir    string
 	dirfd  int // the directory of the last entry, kept for the next
 	mask   int // the umask, -1 until read
+
+	// A new entry is owned by uid and gid, unless its directory is
+	// setgid: then it takes the directory's group (and a directory the
+	// setgid bit). setgid lists the directories made so ("" for the root).
+	uid, gid int
+	setgid   map[string]bool
 }
 
 // maxWalked bounds the path components resolved for one archive: a
@@ -132,18 +139,26 @@ func (x *extraction) entry(tr *tar.Reader, hdr *tar.Header, name string) error {
 		if hdr.Typeflag != tar.TypeDir {
 			return errors.New("the root entry is not a directory")
 		}
-		return setAttrs(rootfd, "", hdr, mode, false)
+		x.setgid[""] = mode&unix.S_ISGID != 0
+		return setAttrs(rootfd, "", hdr, mode, false, false)
 	}
 	dir, base := path.Split(name)
-	parent, err := x.parent(strings.TrimSuffix(dir, "/"))
+	dir = strings.TrimSuffix(dir, "/")
+	parent, err := x.parent(dir)
 	if err != nil {
 		return err
 	}
+	if hdr.Typeflag == tar.TypeDir {
+		x.setgid[name] = mode&unix.S_ISGID != 0
+	}
 	// An entry made here with its final permissions (the umask took
 	// nothing and there are no setuid, setgid or sticky bits) needs no
-	// chmod: it is in a new tmpfs nobody else can reach yet.
+	// chmod, and one made with its final owner no chown: it is in a new
+	// tmpfs nobody else can reach yet.
 	perm, made := mode&0o777, false
-	exact := mode == perm && perm&x.umask() == 0
+	plain := !x.setgid[dir]
+	exact := mode == perm && perm&x.umask() == 0 && plain
+	owned := hdr.Uid == x.uid && hdr.Gid == x.gid && plain
 	switch hdr.Typeflag {
 	case tar.TypeDir:
 		err := unix.Mkdirat(parent, base, perm)
@@ -201,7 +216,7 @@ func (x *extraction) entry(tr *tar.Reader, hdr *tar.Header, name string) error {
 	default:
 		return fmt.Errorf("unsupported entry type %q", hdr.Typeflag)
 	}
-	return setAttrs(parent, base, hdr, mode, made && exact)
+	return setAttrs(parent, base, hdr, mode, made && exact, made && owned)
 }
 
 // umask is this process's umask, read once (from /proc: umask(2) would
@@ -223,14 +238,17 @@ func (x *extraction) umask() uint32 {
 }
 
 // setAttrs gives an entry its owner, mode and times, never through a
-// symlink. The mode comes last: chown clears setuid bits.
-func setAttrs(dirfd int, name string, hdr *tar.Header, mode uint32, modeSet bool) error {
+// symlink, skipping what it was made with already. The mode comes last:
+// chown clears setuid bits.
+func setAttrs(dirfd int, name string, hdr *tar.Header, mode uint32, modeSet, ownerSet bool) error {
 	flags := unix.AT_SYMLINK_NOFOLLOW
 	if name == "" {
 		flags |= unix.AT_EMPTY_PATH
 	}
-	if err := unix.Fchownat(dirfd, name, hdr.Uid, hdr.Gid, flags); err != nil {
-		return sysErr("fchownat", err)
+	if !ownerSet {
+		if err := unix.Fchownat(dirfd, name, hdr.Uid, hdr.Gid, flags); err != nil {
+			return sysErr("fchownat", err)
+		}
 	}
 	switch {
 	case modeSet || hdr.Typeflag == tar.TypeSymlink:

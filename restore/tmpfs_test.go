@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +21,7 @@ type entry struct {
 	typ        byte
 	mode       int64
 	data       string
+	owner      []int // uid, gid; nil: this process's
 }
 
 func archive(t *testing.T, entries ...entry) []byte {
@@ -30,6 +32,9 @@ func archive(t *testing.T, entries ...entry) []byte {
 	for _, e := range entries {
 		h := &tar.Header{Name: e.name, Linkname: e.link, Typeflag: e.typ, Mode: e.mode,
 			Uid: os.Getuid(), Gid: os.Getgid(), ModTime: time.Unix(1700000000, 0), Format: tar.FormatPAX}
+		if e.owner != nil {
+			h.Uid, h.Gid = e.owner[0], e.owner[1]
+		}
 		if e.typ == tar.TypeReg {
 			h.Size = int64(len(e.data))
 		}
@@ -273,6 +278,41 @@ func TestTmpfsNodesAndSetuid(t *testing.T) {
 	}
 	if got := listTree(t, outside); got != ". drwxr-xr-x\ncanary -rw-r--r--" {
 		t.Errorf("outside changed:\n%s", got)
+	}
+}
+
+// Owners and modes come out as archived whether or not the kernel gave them
+// at creation: entries of a setgid directory would otherwise keep its group
+// (and a directory the setgid bit).
+func TestTmpfsOwnersInSetgidDir(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown to other users needs root")
+	}
+	root, _, err := extractInto(t, archive(t,
+		entry{name: "./", typ: tar.TypeDir, mode: 0o755, owner: []int{0, 0}},
+		entry{name: "sg", typ: tar.TypeDir, mode: 0o2775, owner: []int{0, 1234}},
+		entry{name: "sg/f", typ: tar.TypeReg, mode: 0o644, owner: []int{0, 0}},
+		entry{name: "sg/d", typ: tar.TypeDir, mode: 0o755, owner: []int{0, 0}},
+		entry{name: "plain", typ: tar.TypeReg, mode: 0o644, owner: []int{0, 0}},
+		entry{name: "other", typ: tar.TypeDir, mode: 0o700, owner: []int{1000, 1001}}), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]struct {
+		mode     os.FileMode
+		uid, gid uint32
+	}{
+		"sg": {os.ModeDir | os.ModeSetgid | 0o775, 0, 1234}, "sg/f": {0o644, 0, 0}, "sg/d": {os.ModeDir | 0o755, 0, 0},
+		"plain": {0o644, 0, 0}, "other": {os.ModeDir | 0o700, 1000, 1001},
+	} {
+		fi, err := os.Lstat(filepath.Join(root, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if fi.Mode() != want.mode || st.Uid != want.uid || st.Gid != want.gid {
+			t.Errorf("%s: %v %d:%d, want %v %d:%d", name, fi.Mode(), st.Uid, st.Gid, want.mode, want.uid, want.gid)
+		}
 	}
 }
 
