@@ -10,6 +10,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -24,19 +25,42 @@ import (
 // maxTmpfsEntries caps the entries of one archive.
 const maxTmpfsEntries = 1 << 20
 
+// maxDirTimes caps the bytes of directory names kept for setting their
+// times last; beyond it a directory's times are set when it is made.
+const maxDirTimes = 64 << 20
+
+// errStopped ends an extraction whose restore is stopping.
+var errStopped = errors.New("stopped")
+
 // extractTmpfs unpacks a gzipped tar into the directory rootfd, writing at
 // most limit bytes of file data.
 func extractTmpfs(r io.Reader, rootfd int, limit int64) error {
+	x := newExtraction(rootfd, limit)
+	defer x.close()
+	if err := x.create(r); err != nil {
+		return err
+	}
+	return x.setDirTimes()
+}
+
+func newExtraction(rootfd int, limit int64) *extraction {
+	return &extraction{rootfd: rootfd, budget: limit, dirfd: -1, mask: -1,
+		uid: os.Geteuid(), gid: os.Getegid(), setgid: map[string]bool{}}
+}
+
+// create makes every entry of the archive with its owner and mode, and
+// its times unless it is a directory (see setDirTimes).
+func (x *extraction) create(r io.Reader) error {
 	zr, err := gzip.NewReader(r)
 	if err != nil {
 		return fmt.Errorf("tmpfs archive: %w", err)
 	}
 	defer zr.Close()
 	tr := tar.NewReader(zr)
-	x := &extraction{rootfd: rootfd, budget: limit, dirfd: -1, mask: -1,
-		uid: os.Geteuid(), gid: os.Getegid(), setgid: map[string]bool{}}
-	defer x.close()
 	for n := 0; ; n++ {
+		if x.stop.Load() {
+			return errStopped
+		}
 		hdr, err := tr.Next()
 		if err == io.EOF {
 			return nil
@@ -91,6 +115,37 @@ type extraction struct {
 	// setgid bit). setgid lists the directories made so ("" for the root).
 	uid, gid int
 	setgid   map[string]bool
+
+	// Directories get their times last, when nothing more is made in
+	// them (which would change their mtime), as tar does.
+	dirTimes []dirTime
+	kept     int // bytes of names in dirTimes
+
+	stop atomic.Bool // set to end the extraction early
+}
+
+type dirTime struct {
+	dir, base string
+	ts        []unix.Timespec
+}
+
+// setDirTimes gives the directories their archived times, once every
+// entry exists.
+func (x *extraction) setDirTimes() error {
+	for _, d := range x.dirTimes {
+		if x.stop.Load() {
+			return errStopped
+		}
+		name := path.Join(d.dir, d.base)
+		parent, err := x.parent(d.dir)
+		if err != nil {
+			return fmt.Errorf("tmpfs archive, entry %q: %w", name, err)
+		}
+		if err := unix.UtimesNanoAt(parent, d.base, d.ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fmt.Errorf("tmpfs archive, entry %q: %w", name, sysErr("utimensat", err))
+		}
+	}
+	return nil
 }
 
 // maxWalked bounds the path components resolved for one archive: a
@@ -140,7 +195,7 @@ func (x *extraction) entry(tr *tar.Reader, hdr *tar.Header, name string) error {
 			return errors.New("the root entry is not a directory")
 		}
 		x.setgid[""] = mode&unix.S_ISGID != 0
-		return setAttrs(rootfd, "", hdr, mode, false, false)
+		return setAttrs(rootfd, "", hdr, mode, false, false) // the root keeps its times: it is a mount root
 	}
 	dir, base := path.Split(name)
 	dir = strings.TrimSuffix(dir, "/")
@@ -216,7 +271,19 @@ func (x *extraction) entry(tr *tar.Reader, hdr *tar.Header, name string) error {
 	default:
 		return fmt.Errorf("unsupported entry type %q", hdr.Typeflag)
 	}
-	return setAttrs(parent, base, hdr, mode, made && exact, made && owned)
+	if err := setAttrs(parent, base, hdr, mode, made && exact, made && owned); err != nil {
+		return err
+	}
+	ts := []unix.Timespec{unix.NsecToTimespec(hdr.AccessTime.UnixNano()), unix.NsecToTimespec(hdr.ModTime.UnixNano())}
+	if hdr.AccessTime.IsZero() {
+		ts[0] = ts[1]
+	}
+	if hdr.Typeflag == tar.TypeDir && x.kept+len(name) <= maxDirTimes {
+		x.kept += len(name)
+		x.dirTimes = append(x.dirTimes, dirTime{dir: dir, base: base, ts: ts})
+		return nil
+	}
+	return sysErr("utimensat", unix.UtimesNanoAt(parent, base, ts, unix.AT_SYMLINK_NOFOLLOW))
 }
 
 // umask is this process's umask, read once (from /proc: umask(2) would
@@ -237,8 +304,8 @@ func (x *extraction) umask() uint32 {
 	return uint32(x.mask)
 }
 
-// setAttrs gives an entry its owner, mode and times, never through a
-// symlink, skipping what it was made with already. The mode comes last:
+// setAttrs gives an entry its owner and mode, never through a symlink,
+// skipping what it was made with already. The mode comes last:
 // chown clears setuid bits.
 func setAttrs(dirfd int, name string, hdr *tar.Header, mode uint32, modeSet, ownerSet bool) error {
 	flags := unix.AT_SYMLINK_NOFOLLOW
@@ -273,14 +340,7 @@ func setAttrs(dirfd int, name string, hdr *tar.Header, mode uint32, modeSet, own
 			return sysErr("fchmodat", err)
 		}
 	}
-	if name == "" {
-		return nil // the root keeps its times: it is a mount root
-	}
-	ts := []unix.Timespec{unix.NsecToTimespec(hdr.AccessTime.UnixNano()), unix.NsecToTimespec(hdr.ModTime.UnixNano())}
-	if hdr.AccessTime.IsZero() {
-		ts[0] = ts[1]
-	}
-	return sysErr("utimensat", unix.UtimesNanoAt(dirfd, name, ts, flags))
+	return nil
 }
 
 func orDot(name string) string {

@@ -316,6 +316,31 @@ func TestTmpfsOwnersInSetgidDir(t *testing.T) {
 	}
 }
 
+// A directory keeps its archived mtime although entries are made in it
+// after its own entry (tar order), as tar extracts it.
+func TestTmpfsDirectoryTimes(t *testing.T) {
+	root, _, err := extractInto(t, archive(t,
+		entry{name: "./", typ: tar.TypeDir, mode: 0o755},
+		entry{name: "d", typ: tar.TypeDir, mode: 0o755},
+		entry{name: "d/f", typ: tar.TypeReg, mode: 0o644, data: "x"},
+		entry{name: "d/e", typ: tar.TypeDir, mode: 0o755},
+		entry{name: "d/e/l", typ: tar.TypeSymlink, link: "../f"},
+		entry{name: "d/e/g", typ: tar.TypeDir, mode: 0o755}), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := time.Unix(1700000000, 0)
+	for _, name := range []string{"d", "d/f", "d/e", "d/e/l", "d/e/g"} {
+		fi, err := os.Lstat(filepath.Join(root, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !fi.ModTime().Equal(want) {
+			t.Errorf("%s: mtime %v, want %v", name, fi.ModTime(), want)
+		}
+	}
+}
+
 // dirWithData is a gzipped tar whose directory entry claims n bytes of
 // data (zeros, which compress to almost nothing): tar writers refuse to
 // make one, so a file entry's header is patched.
