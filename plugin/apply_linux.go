@@ -101,7 +101,7 @@ func ApplyLive(input []forest.NamespaceMounts, helpers []restore.HelperMount, ns
 	// Grow the fd table (an RCU grace period) while reading the trees; its
 	// passing fd is closed before this returns.
 	grown := make(chan struct{})
-	go func() { restore.GrowFdTable(2*original.Len() + 256); close(grown) }()
+	go func() { restore.GrowFdTable(restore.FdsFor(original)); close(grown) }()
 	defer func() { <-grown }()
 	// What was restored: the images plus the helper mounts.
 	withHelpers := original

@@ -122,10 +122,12 @@ type applier struct {
 	live     map[uint32]*liveState
 
 	// What is known of each handle's mount without asking the kernel:
-	// whether its root is a directory, and whether its superblock got
-	// tmpfs content (so mountpoints in it are likely there already).
-	kind    []kind
-	content []bool
+	// whether its root is a directory, and the extraction of tmpfs
+	// content into its superblock, if any (see fill).
+	kind   []kind
+	fillOf []*fill
+	fills  []*fill
+	step   int // the step running
 }
 
 type kind int8
@@ -150,7 +152,7 @@ func Apply(plan *Plan, opt Options) (res *Result, err error) {
 		opt.TmpfsLimit = 1 << 30
 	}
 	a := &applier{plan: plan, opt: opt, fds: make([]int, len(plan.Handles)),
-		kind: make([]kind, len(plan.Handles)), content: make([]bool, len(plan.Handles)),
+		kind: make([]kind, len(plan.Handles)), fillOf: make([]*fill, len(plan.Handles)),
 		workers: map[uint32]*worker{}, nsFds: map[uint32]int{}, attached: map[uint32][]Handle{},
 		baseNS: -1, pinDir: -1, rootLock: -1}
 	for i := range a.fds {
@@ -178,6 +180,12 @@ func Apply(plan *Plan, opt Options) (res *Result, err error) {
 			return nil, err
 		}
 		i = j
+	}
+	if err := a.waitFills(); err != nil {
+		return nil, err
+	}
+	for _, fl := range a.fills {
+		res.Ops[OpFillTmpfs].Seconds += fl.took.Seconds()
 	}
 	res.Syscalls = a.calls
 	for _, id := range plan.Namespaces {
@@ -213,7 +221,7 @@ func (a *applier) prepare() error {
 		return fail("this mount namespace", sysErr("open", err))
 	}
 	a.baseNS = fd
-	growFdTable(fd, len(a.plan.Handles)+256)
+	growFdTable(fd, len(a.plan.Handles)+len(a.plan.Namespaces)+fdSlack)
 	if a.opt.Live != nil {
 		if err := a.startLive(); err != nil {
 			return fail("restored namespaces", err)
@@ -251,11 +259,22 @@ func (a *applier) prepare() error {
 	return nil
 }
 
+// fdSlack is what a restore needs beyond a fd per handle and namespace:
+// stdio, the runtime's, the images directory, extractions, the pin dir.
+const fdSlack = 32
+
+// FdsFor is the fd table a restore of f needs, at most (a fd per mount,
+// per superblock source and per namespace).
+func FdsFor(f *forest.Forest) int { return 2*f.Len() + len(f.Namespaces) + fdSlack }
+
 // GrowFdTable makes this process's fd table hold n fds, waiting for one
-// RCU grace period (see growFdTable). Callers that know a restore is
-// coming run it in a goroutine while they read and plan, so Apply finds
-// the table grown.
+// RCU grace period (see growFdTable), unless the table a process starts
+// with (64) holds them. Callers that know a restore is coming run it in a
+// goroutine while they read and plan, so Apply finds the table grown.
 func GrowFdTable(n int) {
+	if n <= 64 {
+		return
+	}
 	// Any open fd will do to dup from; fd 0 may be closed.
 	fd, err := unix.Open("/", unix.O_PATH|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -267,12 +286,18 @@ func GrowFdTable(n int) {
 
 // growFdTable makes the fd table hold n fds at once. The kernel grows it
 // by doubling, and in a multi-threaded process each growth waits for an
-// RCU grace period (fs/file.c expand_fdtable): a dozen of them cost more
-// than a thousand mounts. One dup to fd n-1 grows it once. Beyond
-// RLIMIT_NOFILE the dup fails, which is harmless.
+// RCU grace period (fs/file.c expand_fdtable; 1.5 to 20 ms on the test
+// machine): a dozen of them cost more than a thousand mounts. One dup to
+// fd n-1 or above grows it once; a restore that fits the first 64 fds
+// waits for none. Beyond RLIMIT_NOFILE the dup fails, which is harmless.
 func growFdTable(fd, n int) {
-	if err := unix.Dup3(fd, n-1, unix.O_CLOEXEC); err == nil {
-		unix.Close(n - 1)
+	if n <= 64 {
+		return // the table every process starts with
+	}
+	// F_DUPFD takes the lowest free fd from n-1 up: it never replaces one
+	// in use, as dup3 onto n-1 would.
+	if nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, n-1); err == nil {
+		unix.Close(nfd)
 	}
 }
 
@@ -310,6 +335,7 @@ func (a *applier) runBatch(where uint32, from, to int, res *Result) error {
 				a.opt.BeforeStep(a.plan, a.plan.Steps[i])
 			}
 			start := time.Now()
+			a.step = i
 			if err := a.do(a.plan.Steps[i]); err != nil {
 				return a.stepError(i, err)
 			}
@@ -350,6 +376,9 @@ func (r *Result) addTime(phase string, d time.Duration) {
 }
 
 func (a *applier) stepError(i int, err error) error {
+	if se := (*StepError)(nil); errors.As(err, &se) {
+		return se // already named (a fill's, met by a later step)
+	}
 	s := a.plan.Steps[i]
 	se := &StepError{Index: i, Step: s, Err: err}
 	var sys *sysError
@@ -430,11 +459,17 @@ func (a *applier) do(s Step) error {
 			return unix.MountSetattr(a.fds[s.Handle], "", unix.AT_EMPTY_PATH, attr)
 		})
 	case OpDrop:
+		if err := a.waitDone(a.fillOf[s.Handle]); err != nil {
+			return err
+		}
 		// Closing the last fd of a detached mount unmounts it.
 		err := unix.Close(a.fds[s.Handle])
 		a.fds[s.Handle] = -1
 		return sysErr("close", err)
 	case OpPin:
+		if err := a.waitFills(); err != nil {
+			return err
+		}
 		return a.pin(s)
 	case OpOpenLive:
 		return a.openLive(s)
@@ -592,6 +627,7 @@ func (a *applier) newSuperblock(s Step) error {
 	return nil
 }
 
+// fillTmpfs starts extracting the tmpfs content (see fill).
 func (a *applier) fillTmpfs(s Step) error {
 	if a.opt.Images == nil {
 		return errors.New("no images directory to read tmpfs content from")
@@ -601,7 +637,6 @@ func (a *applier) fillTmpfs(s Step) error {
 	if err != nil {
 		return err
 	}
-	defer f.Close()
 	limit := a.opt.TmpfsLimit
 	for _, st := range a.plan.Steps {
 		if st.Op == OpNewSuperblock && st.Handle == s.Handle {
@@ -610,10 +645,9 @@ func (a *applier) fillTmpfs(s Step) error {
 			}
 		}
 	}
-	if err := extractTmpfs(f, a.fds[s.Handle], limit); err != nil {
-		return fmt.Errorf("%s: %w", name, err)
-	}
-	a.content[s.Handle] = true
+	fl := startFill(a.step, name, f, a.fds[s.Handle], limit)
+	a.fills = append(a.fills, fl)
+	a.fillOf[s.Handle] = fl
 	return nil
 }
 
@@ -621,9 +655,11 @@ func (a *applier) fillTmpfs(s Step) error {
 // is resolved below that mount's root without symlinks (the content may
 // come from the images) before open_tree clones it.
 func (a *applier) bind(s Step) error {
-	a.content[s.Handle] = a.content[s.From]
+	a.fillOf[s.Handle] = a.fillOf[s.From]
 	if s.Path == "" {
 		a.kind[s.Handle] = a.kind[s.From]
+	} else if err := a.waitCreated(a.fillOf[s.From]); err != nil {
+		return err
 	}
 	from := a.fds[s.From]
 	if info := a.plan.Handles[s.From]; s.Path != "" && !strings.Contains(s.Path, "/") &&
@@ -668,9 +704,23 @@ func (a *applier) attach(s Step) error {
 		if err != nil {
 			return err
 		}
-		if !s.Persistent && !strings.Contains(s.Path, "/") {
+		byName := !s.Persistent && !strings.Contains(s.Path, "/")
+		if !byName || !isDir {
+			// A file or a path of several components may have to be
+			// made, and could then collide with an entry of the
+			// content: made only once the content is there. A
+			// directory of one component is made by whoever comes
+			// first, this attach or the extraction (see fill).
+			if err := a.waitCreated(a.fillOf[s.Parent]); err != nil {
+				return err
+			}
+		}
+		if byName {
 			if done, err := a.attachByName(s, isDir); done || err != nil {
 				return err
+			}
+			if err := a.waitCreated(a.fillOf[s.Parent]); err != nil {
+				return err // before the checked path below looks
 			}
 		}
 		var record func(created)
@@ -720,12 +770,9 @@ func (a *applier) isDir(h Handle) (bool, error) {
 // checked path decides and says why.
 func (a *applier) attachByName(s Step, isDir bool) (done bool, err error) {
 	src, target := a.fds[s.Handle], a.fds[s.Parent]
-	move := func() error {
-		return a.sys("move_mount", func() error {
-			return unix.MoveMount(src, "", target, s.Path, unix.MOVE_MOUNT_F_EMPTY_PATH)
-		})
-	}
-	if isDir && a.content[s.Parent] {
+	moveOnce := func() error { return unix.MoveMount(src, "", target, s.Path, unix.MOVE_MOUNT_F_EMPTY_PATH) }
+	move := func() error { return a.sys("move_mount", moveOnce) }
+	if isDir && a.fillOf[s.Parent] != nil {
 		err := move()
 		switch {
 		case errors.Is(err, unix.ENOTDIR):
@@ -733,6 +780,10 @@ func (a *applier) attachByName(s Step, isDir bool) (done bool, err error) {
 		case !errors.Is(err, unix.ENOENT):
 			return true, err
 		}
+		// Not made yet: the retry is not counted, so that an attach
+		// counts one move whoever made the mountpoint (fault injection
+		// relies on the count).
+		move = func() error { return sysErr("move_mount", moveOnce()) }
 	}
 	created, err := createNew(target, s.Path, isDir)
 	if err != nil {
@@ -786,6 +837,7 @@ func (a *applier) pin(s Step) error {
 // rollback undoes a failed restore: pins, mounts on persistent
 // mountpoints, then the mountpoints mntv2 created.
 func (a *applier) rollback() {
+	a.stopFills()
 	for i := len(a.pins) - 1; i >= 0; i-- {
 		p := filepath.Join(a.opt.PinDir, a.pins[i])
 		_ = unix.Unmount(p, unix.MNT_DETACH)
@@ -824,6 +876,7 @@ func (a *applier) rollback() {
 
 // release closes every fd and ends every worker, after success or rollback.
 func (a *applier) release() {
+	a.stopFills() // before any fd it writes through is closed
 	for _, c := range a.created {
 		unix.Close(c.dirfd)
 	}

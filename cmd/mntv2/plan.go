@@ -56,6 +56,12 @@ nothing.`,
 // planImages loads images and plans their restore; every failure is an
 // input error.
 func planImages(dir string, ext []string) (*restore.Plan, error) {
+	return planImagesThen(dir, ext, nil)
+}
+
+// planImagesThen is planImages that calls loaded, if set, once the images
+// are read and before planning.
+func planImagesThen(dir string, ext []string, loaded func(restore.Input)) (*restore.Plan, error) {
 	extMap, auto, err := restore.ParseExtMountMap(ext)
 	if err != nil {
 		return nil, inputError(err)
@@ -70,6 +76,9 @@ func planImages(dir string, ext []string) (*restore.Plan, error) {
 		return nil, inputError(err)
 	}
 	in.External, in.Auto = extMap, auto
+	if loaded != nil {
+		loaded(in)
+	}
 	plan, err := restore.NewPlan(in)
 	if err != nil {
 		return nil, inputError(err)

@@ -59,9 +59,9 @@ sources, tmpfs archives, pin dir) without changing anything.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			start := time.Now()
-			// Grow the fd table (an RCU grace period) while planning.
-			go restore.GrowFdTable(1 << 14)
-			plan, err := planImages(dir, ext)
+			// Grow the fd table (an RCU grace period, when the restore
+			// needs more than the first 64 fds) while planning.
+			plan, err := planImagesThen(dir, ext, func(in restore.Input) { go restore.GrowFdTable(restore.FdsFor(in.Forest)) })
 			if err != nil {
 				return err
 			}
