@@ -704,23 +704,14 @@ func (a *applier) attach(s Step) error {
 		if err != nil {
 			return err
 		}
-		byName := !s.Persistent && !strings.Contains(s.Path, "/")
-		if !byName || !isDir {
-			// A file or a path of several components may have to be
-			// made, and could then collide with an entry of the
-			// content: made only once the content is there. A
-			// directory of one component is made by whoever comes
-			// first, this attach or the extraction (see fill).
-			if err := a.waitCreated(a.fillOf[s.Parent]); err != nil {
-				return err
-			}
+		// The mountpoint may come with the content: wait until every
+		// entry exists (see fill).
+		if err := a.waitCreated(a.fillOf[s.Parent]); err != nil {
+			return err
 		}
-		if byName {
+		if !s.Persistent && !strings.Contains(s.Path, "/") {
 			if done, err := a.attachByName(s, isDir); done || err != nil {
 				return err
-			}
-			if err := a.waitCreated(a.fillOf[s.Parent]); err != nil {
-				return err // before the checked path below looks
 			}
 		}
 		var record func(created)
@@ -780,8 +771,8 @@ func (a *applier) attachByName(s Step, isDir bool) (done bool, err error) {
 		case !errors.Is(err, unix.ENOENT):
 			return true, err
 		}
-		// Not made yet: the retry is not counted, so that an attach
-		// counts one move whoever made the mountpoint (fault injection
+		// Not in the content: the retry after the mkdir is not counted,
+		// so that an attach counts one move either way (fault injection
 		// relies on the count).
 		move = func() error { return sysErr("move_mount", moveOnce()) }
 	}

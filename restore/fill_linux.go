@@ -8,16 +8,15 @@ import (
 
 // A tmpfs is filled beside the other steps: extraction (mkdir, mostly)
 // does not take the mount locks that open_tree and move_mount take, so on
-// a second CPU it overlaps the clones and attaches. It writes through the
-// new superblock's own detached mount, which nothing is ever mounted on:
-// mounts attached meanwhile on binds of the superblock do not cover what
-// it writes. Steps wait only where they need the content: a bind of a path
-// inside the filesystem and an attach onto a file or a deeper path wait
-// until every entry exists. A directory mountpoint of one component does
-// not wait: the attach or the extraction makes it, whichever comes first,
-// and the extraction then gives it the archive's owner, mode and times.
-// Closing the superblock's source, the pins and a rollback wait until the
-// directories have their times too.
+// a second CPU it overlaps the clones of other mounts. It writes through
+// the new superblock's own detached mount, which nothing is ever mounted
+// on. Steps wait only where they need the content: a bind of a path inside
+// the filesystem and an attach onto a mountpoint in it wait until every
+// entry exists (racing the extraction to make mountpoints was tried: both
+// threads then contend for the directory and the extraction redoes owners
+// and modes, slower than waiting). The directories' times are set while
+// the attaches run; closing the superblock's source, the pins and a
+// rollback wait for that too.
 type fill struct {
 	step    int // the fill-tmpfs step, named in errors
 	name    string
