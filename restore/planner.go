@@ -57,23 +57,28 @@ func NewPlan(in Input) (*Plan, error) {
 	if err := p.check(); err != nil {
 		return nil, err
 	}
-	for _, ns := range f.Namespaces {
-		p.plan.Namespaces = append(p.plan.Namespaces, ns.ID)
-		h := p.newHandle(HandleInfo{NS: ns.ID, Mount: ns.Root.ID, Root: true, What: "root of namespace " + u32(ns.ID)})
-		p.handle[ns.Root] = h
-		if p.rootOf[ns.Root.Dev] == nil {
-			p.rootOf[ns.Root.Dev] = ns.Root
-		}
-		s := step(OpCreateNamespace)
-		s.NS, s.Mount, s.Handle = ns.ID, ns.Root.ID, h
-		s.Why = "a new mount namespace whose root mount is a private bind of the restore root"
-		p.add(s)
-	}
 	p.walk(func(m *forest.Mount) {
 		if m.External != "" {
 			p.extRoot[m.Dev] = append(p.extRoot[m.Dev], m)
 		}
 	})
+	for _, ns := range f.Namespaces {
+		if p.rootOf[ns.Root.Dev] == nil {
+			p.rootOf[ns.Root.Dev] = ns.Root
+		}
+	}
+	// Filling a tmpfs runs beside the other steps (see fill): the fills
+	// come first, so that the rest overlaps them.
+	p.fills()
+	for _, ns := range f.Namespaces {
+		p.plan.Namespaces = append(p.plan.Namespaces, ns.ID)
+		h := p.newHandle(HandleInfo{NS: ns.ID, Mount: ns.Root.ID, Root: true, What: "root of namespace " + u32(ns.ID)})
+		p.handle[ns.Root] = h
+		s := step(OpCreateNamespace)
+		s.NS, s.Mount, s.Handle = ns.ID, ns.Root.ID, h
+		s.Why = "a new mount namespace whose root mount is a private bind of the restore root"
+		p.add(s)
+	}
 	order, byID, err := p.analyzeSharing()
 	if err != nil {
 		return nil, err
@@ -229,18 +234,9 @@ func (p *planner) createMounts() error {
 			}
 			continue
 		}
-		first := others[0]
-		src := p.newHandle(HandleInfo{What: fmt.Sprintf("new %s superblock %s", first.FSType, forest.DevString(dev))})
-		p.source[dev] = src
-		s := step(OpNewSuperblock)
-		s.Handle, s.FSType, s.Source, s.Options, s.Dev = src, first.FSType, first.Source, first.Options, dev
-		s.Why = fmt.Sprintf("superblock %s of %d mounts (first %s)", forest.DevString(dev), len(others), first.Mountpoint)
-		p.add(s)
-		if first.FSType == "tmpfs" && p.in.TmpfsContent[dev] {
-			s := step(OpFillTmpfs)
-			s.Handle, s.Dev = src, dev
-			s.Why = "tmpfs content from tmpfs-dev-" + u32(dev) + ".tar.gz.img"
-			p.add(s)
+		src, ok := p.source[dev]
+		if !ok {
+			src = p.newSuperblock(others)
 		}
 		for _, m := range others {
 			if rep := p.born[m.PeerGroup]; rep != nil {
@@ -251,6 +247,52 @@ func (p *planner) createMounts() error {
 		}
 	}
 	return nil
+}
+
+// newSuperblock plans a new instance of the filesystem of mounts (one
+// superblock, none of them external) and its tmpfs content.
+func (p *planner) newSuperblock(mounts []*forest.Mount) Handle {
+	first := mounts[0]
+	dev := first.Dev
+	src := p.newHandle(HandleInfo{What: fmt.Sprintf("new %s superblock %s", first.FSType, forest.DevString(dev))})
+	p.source[dev] = src
+	s := step(OpNewSuperblock)
+	s.Handle, s.FSType, s.Source, s.Options, s.Dev = src, first.FSType, first.Source, first.Options, dev
+	s.Why = fmt.Sprintf("superblock %s of %d mounts (first %s)", forest.DevString(dev), len(mounts), first.Mountpoint)
+	p.add(s)
+	if p.hasContent(first) {
+		s := step(OpFillTmpfs)
+		s.Handle, s.Dev = src, dev
+		s.Why = "tmpfs content from tmpfs-dev-" + u32(dev) + ".tar.gz.img"
+		p.add(s)
+	}
+	return src
+}
+
+// hasContent says whether m is a mount of a tmpfs the plan makes and
+// fills from the images.
+func (p *planner) hasContent(m *forest.Mount) bool {
+	return m.FSType == "tmpfs" && p.in.TmpfsContent[m.Dev] && !m.IsRoot() && m.External == "" &&
+		p.extRoot[m.Dev] == nil && p.rootOf[m.Dev] == nil
+}
+
+// fills plans the superblocks that get tmpfs content, in the order their
+// first mounts are met.
+func (p *planner) fills() {
+	var order []uint32
+	byDev := map[uint32][]*forest.Mount{}
+	p.walk(func(m *forest.Mount) {
+		if !p.hasContent(m) {
+			return
+		}
+		if _, ok := byDev[m.Dev]; !ok {
+			order = append(order, m.Dev)
+		}
+		byDev[m.Dev] = append(byDev[m.Dev], m)
+	})
+	for _, dev := range order {
+		p.newSuperblock(byDev[dev])
+	}
 }
 
 // bindPeer plans m as a clone of its group's shared representative, a
