@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Restore time of N peer bind mounts with CRIU alone, CRIU + the mntv2
 # hook, and mntv2 restore of the same images. Each time is the best of
-# three wall-clock runs minus the same for a container with no extra
-# mounts, so only the mounts' share is left. Writes JSON (for hack/bench).
+# $BENCH_CRIU_RUNS (default 5) wall-clock runs minus the same for a
+# container with no extra mounts, so only the mounts' share is left.
+# Writes JSON (for hack/bench).
 #
 # usage: CRIU=/path/to/criu hack/bench-criu.sh OUT.json [N...]   (default 1000 5000)
 set -euo pipefail
@@ -20,14 +21,18 @@ export MNTV2
 # shellcheck source=lib/ct.sh
 . "$here/lib/ct.sh"
 scratch=$(mktemp -d /tmp/mntv2-bench-criu.XXXXXX)
+# The containers' roots are mounts of this private namespace: unmount
+# them, then remove the images and work files.
+trap 'umount -R "$scratch"/*/root 2>/dev/null; rm -rf "$scratch"' EXIT
+runs=${BENCH_CRIU_RUNS:-5}
 
 now() { date +%s%N; }
 
-# best3 CMD...: the best wall time of three runs, in ns; after each run,
+# best CMD...: the best wall time of $runs runs, in ns; after each run,
 # untimed, the restored tree (pidfile $pidf) is killed and $after runs.
-best3() {
+best() {
 	local best= t0 t1 i
-	for i in 1 2 3; do
+	for i in $(seq "$runs"); do
 		rm -f "$pidf"
 		t0=$(now)
 		"$@" >/dev/null 2>"$scratch/err" || { echo "bench-criu: failed: $*: $(tail -3 "$scratch/err")" >&2; return 1; }
@@ -55,11 +60,11 @@ measure() {
 	pidf=$w/work/pid
 	local common=(restore -d -D "$w/img" -W "$w/work" --root "$w/root" --ext-mount-map auto --pidfile "$pidf" -o restore.log)
 	local c h m
-	c=$(best3 "$CRIU" "${common[@]}")
-	h=$(best3 "$CRIU" "${common[@]}" --action-script "$MNTV2")
+	c=$(best "$CRIU" "${common[@]}")
+	h=$(best "$CRIU" "${common[@]}" --action-script "$MNTV2")
 	pidf=$w/work/none
 	after="$MNTV2 release --pin-dir $w/pins"
-	m=$(best3 "$MNTV2" restore --images "$w/img" --root "$w/root" --ext-mount-map auto --pin-dir "$w/pins")
+	m=$(best "$MNTV2" restore --images "$w/img" --root "$w/root" --ext-mount-map auto --pin-dir "$w/pins")
 	after=
 	echo "$c $h $m"
 }
@@ -72,6 +77,6 @@ for n in "$@"; do
 	read -r c h m <<<"$res"
 	rows+=("$(awk -v n="$n" -v c=$((c - bc)) -v h=$((h - bh)) -v m=$((m - bm)) \
 		'BEGIN { printf "{\"n\":%d,\"criu_s\":%.6f,\"criu_mntv2_s\":%.6f,\"mntv2_s\":%.6f}", n, c/1e9, h/1e9, m/1e9 }')")
-	echo "bench-criu: $n peers: CRIU $(((c - bc) / 1000000)) ms, CRIU + mntv2 $(((h - bh) / 1000000)) ms, mntv2 restore $(((m - bm) / 1000000)) ms" >&2
+	echo "bench-criu: $n peers: CRIU $(((c - bc) / 1000000)) ms, CRIU + mntv2 $(((h - bh) / 1000000)) ms, mntv2 restore $(((m - bm) / 1000000)) ms ($(awk -v c=$((c - bc)) -v m=$((m - bm)) 'BEGIN { printf "%.1f", c / m }')x)" >&2
 done
 (IFS=,; echo "[${rows[*]}]") >"$out"
