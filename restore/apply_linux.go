@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -126,6 +127,7 @@ type applier struct {
 	// content into its superblock, if any (see fill).
 	kind   []kind
 	fillOf []*fill
+	rootIn []string // a mount's root in its superblock, for fillOf
 	fills  []*fill
 	step   int // the step running
 }
@@ -152,7 +154,7 @@ func Apply(plan *Plan, opt Options) (res *Result, err error) {
 		opt.TmpfsLimit = 1 << 30
 	}
 	a := &applier{plan: plan, opt: opt, fds: make([]int, len(plan.Handles)),
-		kind: make([]kind, len(plan.Handles)), fillOf: make([]*fill, len(plan.Handles)),
+		kind: make([]kind, len(plan.Handles)), fillOf: make([]*fill, len(plan.Handles)), rootIn: make([]string, len(plan.Handles)),
 		workers: map[uint32]*worker{}, nsFds: map[uint32]int{}, attached: map[uint32][]Handle{},
 		baseNS: -1, pinDir: -1, rootLock: -1}
 	for i := range a.fds {
@@ -655,7 +657,7 @@ func (a *applier) fillTmpfs(s Step) error {
 // is resolved below that mount's root without symlinks (the content may
 // come from the images) before open_tree clones it.
 func (a *applier) bind(s Step) error {
-	a.fillOf[s.Handle] = a.fillOf[s.From]
+	a.fillOf[s.Handle], a.rootIn[s.Handle] = a.fillOf[s.From], path.Join(a.rootIn[s.From], s.Path)
 	if s.Path == "" {
 		a.kind[s.Handle] = a.kind[s.From]
 	} else if err := a.waitCreated(a.fillOf[s.From]); err != nil {
@@ -753,28 +755,22 @@ func (a *applier) isDir(h Handle) (bool, error) {
 
 // attachByName is attach's fast path for a mountpoint of one component in
 // a mount this restore made: the name is resolved without following a
-// symlink, and a missing mountpoint is created. In a superblock that got
-// tmpfs content the mountpoint most likely came with it, so the move comes
-// first; elsewhere nothing is there yet, so the mkdir does. An existing
-// entry is taken only as a directory (a directory mount cannot land on a
-// symlink or a file: ENOTDIR); otherwise it reports not done, and attach's
-// checked path decides and says why.
+// symlink, and a missing mountpoint is created, unless the tmpfs content
+// has it. An existing entry is taken only as a directory (a directory
+// mount cannot land on a symlink or a file: ENOTDIR); otherwise it
+// reports not done, and attach's checked path decides and says why.
 func (a *applier) attachByName(s Step, isDir bool) (done bool, err error) {
 	src, target := a.fds[s.Handle], a.fds[s.Parent]
-	moveOnce := func() error { return unix.MoveMount(src, "", target, s.Path, unix.MOVE_MOUNT_F_EMPTY_PATH) }
-	move := func() error { return a.sys("move_mount", moveOnce) }
-	if isDir && a.fillOf[s.Parent] != nil {
-		err := move()
-		switch {
-		case errors.Is(err, unix.ENOTDIR):
-			return false, nil
-		case !errors.Is(err, unix.ENOENT):
+	move := func() error {
+		return a.sys("move_mount", func() error {
+			return unix.MoveMount(src, "", target, s.Path, unix.MOVE_MOUNT_F_EMPTY_PATH)
+		})
+	}
+	if fl := a.fillOf[s.Parent]; isDir && fl != nil && fl.x.hasDir(path.Join(a.rootIn[s.Parent], s.Path)) {
+		if err := move(); !errors.Is(err, unix.ENOTDIR) {
 			return true, err
 		}
-		// Not in the content: the retry after the mkdir is not counted,
-		// so that an attach counts one move either way (fault injection
-		// relies on the count).
-		move = func() error { return sysErr("move_mount", moveOnce()) }
+		return false, nil
 	}
 	created, err := createNew(target, s.Path, isDir)
 	if err != nil {

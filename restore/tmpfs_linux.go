@@ -45,8 +45,13 @@ func extractTmpfs(r io.Reader, rootfd int, limit int64) error {
 
 func newExtraction(rootfd int, limit int64) *extraction {
 	return &extraction{rootfd: rootfd, budget: limit, dirfd: -1, mask: -1,
-		uid: os.Geteuid(), gid: os.Getegid(), setgid: map[string]bool{}}
+		uid: os.Geteuid(), gid: os.Getegid(), setgid: map[string]bool{}, dirs: map[string]bool{}}
 }
+
+// hasDir says whether name (relative to the root, "" for it) is a
+// directory of the archive; false when unknown (over maxDirTimes).
+// Only once create has returned.
+func (x *extraction) hasDir(name string) bool { return name == "" || x.dirs[name] }
 
 // create makes every entry of the archive with its owner and mode, and
 // its times unless it is a directory (see setDirTimes).
@@ -117,9 +122,11 @@ type extraction struct {
 	setgid   map[string]bool
 
 	// Directories get their times last, when nothing more is made in
-	// them (which would change their mtime), as tar does.
+	// them (which would change their mtime), as tar does. dirs has the
+	// same names, for hasDir.
 	dirTimes []dirTime
 	kept     int // bytes of names in dirTimes
+	dirs     map[string]bool
 
 	stop atomic.Bool // set to end the extraction early
 }
@@ -281,6 +288,7 @@ func (x *extraction) entry(tr *tar.Reader, hdr *tar.Header, name string) error {
 	if hdr.Typeflag == tar.TypeDir && x.kept+len(name) <= maxDirTimes {
 		x.kept += len(name)
 		x.dirTimes = append(x.dirTimes, dirTime{dir: dir, base: base, ts: ts})
+		x.dirs[name] = true
 		return nil
 	}
 	return sysErr("utimensat", unix.UtimesNanoAt(parent, base, ts, unix.AT_SYMLINK_NOFOLLOW))
