@@ -122,14 +122,18 @@ type applier struct {
 	calls    int
 	live     map[uint32]*liveState
 
-	// What is known of each handle's mount without asking the kernel:
-	// whether its root is a directory, and the extraction of tmpfs
-	// content into its superblock, if any (see fill).
+	// What the plan says of each handle's mount (indexHandles): whether
+	// its root is a directory (else kindUnknown until an fstat), the
+	// new-superblock handle it is a bind of and its root in it.
 	kind   []kind
-	fillOf []*fill
-	rootIn []string // a mount's root in its superblock, for fillOf
-	fills  []*fill
-	step   int // the step running
+	sbOf   []Handle
+	rootIn []string
+	// The extraction of tmpfs content into a new superblock (see fill), by
+	// its handle.
+	fillOf  []*fill
+	fills   []*fill
+	premade map[Handle][]string // mountpointsIn
+	step    int                 // the step running
 }
 
 type kind int8
@@ -155,11 +159,13 @@ func Apply(plan *Plan, opt Options) (res *Result, err error) {
 	}
 	a := &applier{plan: plan, opt: opt, fds: make([]int, len(plan.Handles)),
 		kind: make([]kind, len(plan.Handles)), fillOf: make([]*fill, len(plan.Handles)), rootIn: make([]string, len(plan.Handles)),
+		sbOf:    make([]Handle, len(plan.Handles)),
 		workers: map[uint32]*worker{}, nsFds: map[uint32]int{}, attached: map[uint32][]Handle{},
 		baseNS: -1, pinDir: -1, rootLock: -1}
 	for i := range a.fds {
 		a.fds[i] = -1
 	}
+	a.indexHandles()
 	defer func() {
 		if err != nil {
 			a.rollback()
@@ -461,7 +467,7 @@ func (a *applier) do(s Step) error {
 			return unix.MountSetattr(a.fds[s.Handle], "", unix.AT_EMPTY_PATH, attr)
 		})
 	case OpDrop:
-		if err := a.waitDone(a.fillOf[s.Handle]); err != nil {
+		if err := a.waitDone(a.fillFor(s.Handle)); err != nil {
 			return err
 		}
 		// Closing the last fd of a detached mount unmounts it.
@@ -625,7 +631,7 @@ func (a *applier) newSuperblock(s Step) error {
 	if err != nil {
 		return err
 	}
-	a.fds[s.Handle], a.kind[s.Handle] = fd, kindDir
+	a.fds[s.Handle] = fd
 	return nil
 }
 
@@ -647,7 +653,7 @@ func (a *applier) fillTmpfs(s Step) error {
 			}
 		}
 	}
-	fl := startFill(a.step, name, f, a.fds[s.Handle], limit)
+	fl := startFill(a.step, name, f, a.fds[s.Handle], limit, a.mountpointsIn(s.Handle))
 	a.fills = append(a.fills, fl)
 	a.fillOf[s.Handle] = fl
 	return nil
@@ -657,11 +663,10 @@ func (a *applier) fillTmpfs(s Step) error {
 // is resolved below that mount's root without symlinks (the content may
 // come from the images) before open_tree clones it.
 func (a *applier) bind(s Step) error {
-	a.fillOf[s.Handle], a.rootIn[s.Handle] = a.fillOf[s.From], path.Join(a.rootIn[s.From], s.Path)
-	if s.Path == "" {
-		a.kind[s.Handle] = a.kind[s.From]
-	} else if err := a.waitCreated(a.fillOf[s.From]); err != nil {
-		return err
+	if s.Path != "" {
+		if err := a.waitCreated(a.fillFor(s.From)); err != nil {
+			return err
+		}
 	}
 	from := a.fds[s.From]
 	if info := a.plan.Handles[s.From]; s.Path != "" && !strings.Contains(s.Path, "/") &&
@@ -706,13 +711,20 @@ func (a *applier) attach(s Step) error {
 		if err != nil {
 			return err
 		}
-		// The mountpoint may come with the content: wait until every
-		// entry exists (see fill).
-		if err := a.waitCreated(a.fillOf[s.Parent]); err != nil {
+		// The mountpoint may come with the content: wait until it is
+		// premade, or until every entry exists (see fill).
+		fl := a.fillFor(s.Parent)
+		premade := fl != nil && isDir && a.rootIn[s.Parent] == "" && fl.isPremade(s.Path)
+		if premade {
+			err = a.waitPremade(fl, s.Path)
+		} else {
+			err = a.waitCreated(fl)
+		}
+		if err != nil {
 			return err
 		}
 		if !s.Persistent && !strings.Contains(s.Path, "/") {
-			if done, err := a.attachByName(s, isDir); done || err != nil {
+			if done, err := a.attachByName(s, isDir, premade); done || err != nil {
 				return err
 			}
 		}
@@ -738,6 +750,62 @@ func (a *applier) attach(s Step) error {
 	return nil
 }
 
+// indexHandles reads from the plan, for each handle, the new superblock it
+// is a bind of (NoHandle if none), its root in it, and whether that root
+// is surely a directory (the root of a new superblock, or a bind of the
+// whole of one that is).
+func (a *applier) indexHandles() {
+	for i := range a.sbOf {
+		a.sbOf[i] = NoHandle
+	}
+	for _, s := range a.plan.Steps {
+		switch s.Op {
+		case OpNewSuperblock:
+			a.sbOf[s.Handle], a.kind[s.Handle] = s.Handle, kindDir
+		case OpBind:
+			a.sbOf[s.Handle], a.rootIn[s.Handle] = a.sbOf[s.From], path.Join(a.rootIn[s.From], s.Path)
+			if s.Path == "" {
+				a.kind[s.Handle] = a.kind[s.From]
+			}
+		}
+	}
+}
+
+// fillFor is the extraction into the superblock of a handle's mount.
+func (a *applier) fillFor(h Handle) *fill {
+	if sb := a.sbOf[h]; sb != NoHandle {
+		return a.fillOf[sb]
+	}
+	return nil
+}
+
+// mountpointsIn lists, in plan order, the one-component mountpoints of
+// directory mounts attached on the root of superblock sb: the extraction
+// makes them first (see fill). One pass over the plan serves every
+// superblock.
+func (a *applier) mountpointsIn(sb Handle) []string {
+	if a.premade == nil {
+		a.premade = map[Handle][]string{}
+		seen := map[Handle]map[string]bool{}
+		for _, s := range a.plan.Steps {
+			if s.Op != OpAttach || s.Persistent || s.Path == "" || s.Path == "." || s.Path == ".." ||
+				strings.Contains(s.Path, "/") || a.sbOf[s.Parent] == NoHandle || a.rootIn[s.Parent] != "" ||
+				a.kind[s.Handle] != kindDir {
+				continue
+			}
+			in := a.sbOf[s.Parent]
+			if seen[in] == nil {
+				seen[in] = map[string]bool{}
+			}
+			if !seen[in][s.Path] {
+				seen[in][s.Path] = true
+				a.premade[in] = append(a.premade[in], s.Path)
+			}
+		}
+	}
+	return a.premade[sb]
+}
+
 // isDir says whether a handle's mount root is a directory.
 func (a *applier) isDir(h Handle) (bool, error) {
 	if a.kind[h] == kindUnknown {
@@ -759,14 +827,14 @@ func (a *applier) isDir(h Handle) (bool, error) {
 // has it. An existing entry is taken only as a directory (a directory
 // mount cannot land on a symlink or a file: ENOTDIR); otherwise it
 // reports not done, and attach's checked path decides and says why.
-func (a *applier) attachByName(s Step, isDir bool) (done bool, err error) {
+func (a *applier) attachByName(s Step, isDir, premade bool) (done bool, err error) {
 	src, target := a.fds[s.Handle], a.fds[s.Parent]
 	move := func() error {
 		return a.sys("move_mount", func() error {
 			return unix.MoveMount(src, "", target, s.Path, unix.MOVE_MOUNT_F_EMPTY_PATH)
 		})
 	}
-	if fl := a.fillOf[s.Parent]; isDir && fl != nil && fl.x.hasDir(path.Join(a.rootIn[s.Parent], s.Path)) {
+	if fl := a.fillFor(s.Parent); premade || isDir && fl != nil && fl.x.hasDir(path.Join(a.rootIn[s.Parent], s.Path)) {
 		if err := move(); !errors.Is(err, unix.ENOTDIR) {
 			return true, err
 		}

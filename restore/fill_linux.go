@@ -3,6 +3,7 @@ package restore
 import (
 	"fmt"
 	"os"
+	"sync/atomic"
 	"time"
 )
 
@@ -10,13 +11,16 @@ import (
 // does not take the mount locks that open_tree and move_mount take, so on
 // a second CPU it overlaps the clones of other mounts. It writes through
 // the new superblock's own detached mount, which nothing is ever mounted
-// on. Steps wait only where they need the content: a bind of a path inside
-// the filesystem and an attach onto a mountpoint in it wait until every
-// entry exists (racing the extraction to make mountpoints was tried: both
-// threads then contend for the directory and the extraction redoes owners
-// and modes, slower than waiting). The directories' times are set while
-// the attaches run; closing the superblock's source, the pins and a
-// rollback wait for that too.
+// on. First it makes the directories that mounts of the plan are attached
+// on in the filesystem's root (premake), and each of those attaches waits
+// only for its own directory: the attaches follow the mkdirs as they come,
+// in plan order. Other steps that need the content wait until every entry
+// exists: a bind of a path inside the filesystem, an attach elsewhere in
+// it. Racing the extraction to make mountpoints was tried: both threads
+// then contend for the directory and the extraction redoes owners and
+// modes, slower than waiting. The directories' times are set while the
+// attaches run; closing the superblock's source, the pins and a rollback
+// wait for that too.
 type fill struct {
 	step    int // the fill-tmpfs step, named in errors
 	name    string
@@ -24,14 +28,34 @@ type fill struct {
 	created chan struct{} // every entry exists; createErr is set
 	done    chan struct{} // directory times set too; doneErr and took are set
 
-	createErr, doneErr error
-	took               time.Duration
+	// The premade directories, their index, and a channel per block of
+	// premadeBlock of them, closed when the block is made (or premake
+	// ended: premadeErr is set first).
+	premade    []string
+	premadeIdx map[string]int
+	ready      []chan struct{}
+	closed     int          // blocks closed, by the extraction's goroutine
+	made       atomic.Int64 // premade directories made so far
+
+	premadeErr, createErr, doneErr error
+	took                           time.Duration
 }
 
-// startFill starts extracting f into the new tmpfs at fd; it owns f.
-func startFill(step int, name string, f *os.File, fd int, limit int64) *fill {
+const premadeBlock = 16
+
+// startFill starts extracting f into the new tmpfs at fd, after making
+// the directories premade; it owns f.
+func startFill(step int, name string, f *os.File, fd int, limit int64, premade []string) *fill {
 	fl := &fill{step: step, name: name, x: newExtraction(fd, limit),
-		created: make(chan struct{}), done: make(chan struct{})}
+		created: make(chan struct{}), done: make(chan struct{}),
+		premade: premade, premadeIdx: make(map[string]int, len(premade)),
+		ready: make([]chan struct{}, (len(premade)+premadeBlock-1)/premadeBlock)}
+	for i, n := range premade {
+		fl.premadeIdx[n] = i
+	}
+	for i := range fl.ready {
+		fl.ready[i] = make(chan struct{})
+	}
 	go fl.run(f)
 	return fl
 }
@@ -44,7 +68,22 @@ func (fl *fill) run(f *os.File) {
 		fl.took = time.Since(start)
 		close(fl.done)
 	}()
-	err := fl.x.create(f)
+	err := fl.x.premake(fl.premade, func(n int) {
+		fl.made.Store(int64(n))
+		if n%premadeBlock == 0 {
+			close(fl.ready[n/premadeBlock-1])
+			fl.closed++
+		}
+	})
+	if err != nil {
+		fl.premadeErr = fmt.Errorf("%s: %w", fl.name, err)
+	}
+	for ; fl.closed < len(fl.ready); fl.closed++ {
+		close(fl.ready[fl.closed])
+	}
+	if err == nil {
+		err = fl.x.create(f)
+	}
 	if err != nil {
 		fl.createErr = fmt.Errorf("%s: %w", fl.name, err)
 	}
@@ -54,6 +93,25 @@ func (fl *fill) run(f *os.File) {
 			fl.doneErr = fmt.Errorf("%s: %w", fl.name, err)
 		}
 	}
+}
+
+// isPremade says whether the directory name of the filesystem's root is
+// premade.
+func (fl *fill) isPremade(name string) bool {
+	_, ok := fl.premadeIdx[name]
+	return ok
+}
+
+// waitPremade waits until the premade directory name exists. Its block
+// may also close because premake failed: then the directory was not made,
+// and premadeErr was set before the close.
+func (a *applier) waitPremade(fl *fill, name string) error {
+	i := fl.premadeIdx[name]
+	<-fl.ready[i/premadeBlock]
+	if fl.made.Load() > int64(i) {
+		return nil
+	}
+	return a.stepError(fl.step, fl.premadeErr)
 }
 
 // waitCreated waits until every entry exists.

@@ -129,6 +129,43 @@ type extraction struct {
 	dirs     map[string]bool
 
 	stop atomic.Bool // set to end the extraction early
+
+	// Directories of the root made before the archive is read (premake),
+	// until their entry comes, and the mode and group they were made with.
+	premade     map[string]bool
+	premadeMode uint32
+	premadeGID  int
+}
+
+// premake makes the directories names in the root before anything else,
+// for mounts waiting to be attached on them (see fill), and calls made
+// with the count made so far. Their entries, when the archive has them,
+// give them the archive's owner, mode and times; if it has something else
+// under one of these names, the extraction fails (EEXIST) as the attach
+// would have (a directory mount needs a directory).
+func (x *extraction) premake(names []string, made func(n int)) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(x.rootfd, &st); err != nil {
+		return sysErr("fstat", err)
+	}
+	// What mkdir gives: the umask applies; a setgid root passes on its
+	// group and the setgid bit.
+	x.premadeMode, x.premadeGID = 0o755&^x.umask(), x.gid
+	if st.Mode&unix.S_ISGID != 0 {
+		x.premadeMode, x.premadeGID = x.premadeMode|unix.S_ISGID, int(st.Gid)
+	}
+	x.premade = make(map[string]bool, len(names))
+	for i, n := range names {
+		if x.stop.Load() {
+			return errStopped
+		}
+		if err := unix.Mkdirat(x.rootfd, n, 0o755); err != nil {
+			return fmt.Errorf("mountpoint %q: %w", n, sysErr("mkdirat", err))
+		}
+		x.premade[n] = true
+		made(i + 1)
+	}
+	return nil
 }
 
 type dirTime struct {
@@ -223,6 +260,12 @@ func (x *extraction) entry(tr *tar.Reader, hdr *tar.Header, name string) error {
 	owned := hdr.Uid == x.uid && hdr.Gid == x.gid && plain
 	switch hdr.Typeflag {
 	case tar.TypeDir:
+		if dir == "" && x.premade[base] {
+			// Made by premake, with attributes known.
+			delete(x.premade, base)
+			made, exact, owned = true, mode == x.premadeMode, hdr.Uid == x.uid && hdr.Gid == x.premadeGID
+			break
+		}
 		err := unix.Mkdirat(parent, base, perm)
 		made = err == nil
 		if err == unix.EEXIST {

@@ -369,3 +369,54 @@ func dirWithData(t *testing.T, n int) []byte {
 	zw.Close()
 	return out.Bytes()
 }
+
+// Mountpoints made before the archive is read (premake) end up as the
+// archive has them; one the archive lacks stays as made; a non-directory
+// in the archive under a premade name fails the extraction.
+func TestTmpfsPremade(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown to other users needs root")
+	}
+	extract := func(t *testing.T, data []byte, names ...string) (string, error) {
+		root := filepath.Join(t.TempDir(), "root")
+		if err := os.Mkdir(root, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		fd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		x := newExtraction(fd, 1<<20)
+		defer x.close()
+		made := 0
+		if err := x.premake(names, func(n int) { made = n }); err != nil || made != len(names) {
+			t.Fatalf("premake: %v, %d of %d made", err, made, len(names))
+		}
+		if err := x.create(bytes.NewReader(data)); err != nil {
+			return root, err
+		}
+		return root, x.setDirTimes()
+	}
+	root, err := extract(t, archive(t,
+		entry{name: "./", typ: tar.TypeDir, mode: 0o755},
+		entry{name: "m", typ: tar.TypeDir, mode: 0o700, owner: []int{1000, 1001}},
+		entry{name: "m/inside", typ: tar.TypeReg, mode: 0o644, data: "hidden under the mount"},
+		entry{name: "p", typ: tar.TypeDir, mode: 0o755}), "m", "p", "absent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := listTree(t, root), ". drwxr-xr-x\nabsent drwxr-xr-x\nm drwx------\nm/inside -rw-r--r--\np drwxr-xr-x"; got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+	fi, err := os.Stat(filepath.Join(root, "m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Uid != 1000 || st.Gid != 1001 || !fi.ModTime().Equal(time.Unix(1700000000, 0)) {
+		t.Errorf("m: %d:%d %v, want 1000:1001 and the archive's mtime", st.Uid, st.Gid, fi.ModTime())
+	}
+	if _, err := extract(t, archive(t, entry{name: "m", typ: tar.TypeReg, mode: 0o644, data: "x"}), "m"); err == nil || !strings.Contains(err.Error(), "exists") {
+		t.Errorf("a file under a premade directory's name: %v, want an error", err)
+	}
+}
