@@ -211,4 +211,7 @@ if [ "$failures" -gt 0 ]; then
 	echo "e2e: $failures failures (scratch kept in $scratch)"
 	exit 1
 fi
+# The containers' roots are mounts of this private namespace.
+umount -R "$scratch"/*/root 2>/dev/null || true
+rm -rf "$scratch"
 echo "e2e: all passed"
