@@ -144,30 +144,34 @@ func (a *applier) openByPath(m *forest.Mount) (int, error) {
 	return fd, nil
 }
 
-// openExposed opens the topmost mount at m's mountpoint and checks it is m.
-func (a *applier) openExposed(m *forest.Mount) (int, error) {
-	fd, err := a.openByPath(m)
+// openExposed opens the topmost mount at m's mountpoint, checks it is m,
+// and says whether its root is a directory.
+func (a *applier) openExposed(m *forest.Mount) (fd int, dir bool, err error) {
+	fd, err = a.openByPath(m)
 	if err != nil {
-		return -1, err
+		return -1, false, err
 	}
 	var stx unix.Statx_t
-	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &stx); err != nil {
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID|unix.STATX_TYPE, &stx); err != nil {
 		unix.Close(fd)
-		return -1, sysErr("statx", err)
+		return -1, false, sysErr("statx", err)
 	}
 	if stx.Mnt_id != uint64(m.ID) {
 		unix.Close(fd)
-		return -1, fmt.Errorf("mount %d at %s: found mount %d there instead", m.ID, m.Mountpoint, stx.Mnt_id)
+		return -1, false, fmt.Errorf("mount %d at %s: found mount %d there instead", m.ID, m.Mountpoint, stx.Mnt_id)
 	}
-	return fd, nil
+	return fd, stx.Mode&unix.S_IFMT == unix.S_IFDIR, nil
 }
 
 // peel opens every mount of a namespace: in reverse attach order each is
 // the topmost at its mountpoint, so it is opened by path and moved into a
 // parking tmpfs stacked on the root; then all go back in attach order,
-// keeping their mount ids. The tree is all private (restored without
-// sharing), so no move propagates. On failure every parked mount is put
-// back and the park unmounted: the tree is as it was.
+// keeping their mount ids. (Stacking the parked mounts on one another, to
+// spare a mountpoint each, was tried: binds of one root share a mountpoint
+// dentry, and 10,000 of them stacked made the moves quadratic.) The tree
+// is all private (restored without sharing), so no move propagates. On
+// failure every parked mount is put back and the park unmounted: the tree
+// is as it was.
 func (a *applier) peel(ln *LiveNamespace, st *liveState) (err error) {
 	order := attachOrder(ln.Tree)
 	fds := make(map[*forest.Mount]int, len(order))
@@ -189,8 +193,14 @@ func (a *applier) peel(ln *LiveNamespace, st *liveState) (err error) {
 			}
 			parent = pfd
 		}
-		target := parent
-		if r := relTo(m.Mountpoint, m.Parent.Mountpoint); r != "" {
+		target, name, flags := parent, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH
+		switch r := relTo(m.Mountpoint, m.Parent.Mountpoint); {
+		case r == "":
+		case !strings.Contains(r, "/"):
+			// One component, resolved by move_mount without following
+			// a final symlink (no MOVE_MOUNT_T_SYMLINKS).
+			name, flags = r, unix.MOVE_MOUNT_F_EMPTY_PATH
+		default:
 			t, err := openInside(parent, r, unix.O_PATH, 0)
 			if err != nil {
 				return sysErr("openat2", fmt.Errorf("mountpoint of mount %d (%s): %w", m.ID, m.Mountpoint, err))
@@ -199,7 +209,7 @@ func (a *applier) peel(ln *LiveNamespace, st *liveState) (err error) {
 			target = t
 		}
 		move := func() error {
-			return unix.MoveMount(fds[m], "", target, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH)
+			return unix.MoveMount(fds[m], "", target, name, flags)
 		}
 		if !count {
 			return move()
@@ -252,17 +262,13 @@ func (a *applier) peel(ln *LiveNamespace, st *liveState) (err error) {
 	}
 	for i := len(order) - 1; i >= 1; i-- {
 		m := order[i]
-		fd, err := a.openExposed(m)
+		fd, dir, err := a.openExposed(m)
 		if err != nil {
 			return err
 		}
 		fds[m] = fd
 		name := strconv.Itoa(i)
-		var stx unix.Statx_t
-		if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_TYPE, &stx); err != nil {
-			return sysErr("statx", err)
-		}
-		if err := createEntry(park, name, stx.Mode&unix.S_IFMT == unix.S_IFDIR); err != nil {
+		if err := createEntry(park, name, dir); err != nil {
 			return err
 		}
 		if err := a.sys("move_mount", func() error {
