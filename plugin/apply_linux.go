@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mntv2/mntv2/forest"
@@ -32,7 +33,8 @@ type Report struct {
 	Result     restore.Result `json:"result"`
 	Seconds    float64        `json:"seconds"`
 	// Where Seconds went: reading and matching the restored namespaces,
-	// planning, applying, verifying.
+	// applying, verifying. PlanSeconds is the part of ReadSeconds spent
+	// building the images' trees and planning, beside the read.
 	ReadSeconds   float64 `json:"read_seconds"`
 	PlanSeconds   float64 `json:"plan_seconds"`
 	ApplySeconds  float64 `json:"apply_seconds"`
@@ -94,6 +96,26 @@ func ApplyLive(input []forest.NamespaceMounts, helpers []restore.HelperMount, ns
 	if log == nil {
 		log = slog.Default()
 	}
+	// The restored namespaces are read first, each on a thread of its own
+	// (the kernel takes about 1.3 us a mount to write mountinfo): the
+	// images' trees are built and the plan made meanwhile. The plan needs
+	// only the images and the host's groups (read on the caller's thread,
+	// and so in its namespace).
+	ids := make([]uint32, len(input))
+	for i := range input {
+		ids[i] = input[i].ID
+	}
+	trees := make([]*forest.Forest, len(ids))
+	errs := make([]error, len(ids))
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			trees[i], errs[i] = readLive(nsPaths[id], id)
+		}()
+	}
+	defer wg.Wait() // no reader outlives this call, whatever fails
 	original, err := forest.Build(input)
 	if err != nil {
 		return nil, fmt.Errorf("images: %w", err)
@@ -121,13 +143,27 @@ func ApplyLive(input []forest.NamespaceMounts, helpers []restore.HelperMount, ns
 			return nil, fmt.Errorf("images with mntv2's helper mounts: %w", err)
 		}
 	}
+	hostGroups, err := hostGroups()
+	if err != nil {
+		return nil, err
+	}
+	plan, err := restore.NewLivePlan(restore.Input{Forest: withHelpers,
+		Live: &restore.LiveInput{Helpers: helperSet, HostGroups: hostGroups}})
+	if err != nil {
+		return nil, err
+	}
+	planDone := time.Now()
+	wg.Wait()
+	byID := make(map[uint32]int, len(ids))
+	for i, id := range ids {
+		if errs[i] != nil {
+			return nil, errs[i]
+		}
+		byID[id] = i
+	}
 	live := map[uint32]*restore.LiveNamespace{}
 	for _, ns := range withHelpers.Namespaces {
-		tree, err := readLive(nsPaths[ns.ID], ns.ID)
-		if err != nil {
-			return nil, err
-		}
-		lns := tree.Namespaces[0]
+		lns := trees[byID[ns.ID]].Namespaces[0]
 		m := forest.Match(ns, lns)
 		var bad []string
 		for _, e := range m.Missing {
@@ -146,23 +182,13 @@ func ApplyLive(input []forest.NamespaceMounts, helpers []restore.HelperMount, ns
 		live[ns.ID] = ln
 	}
 	readDone := time.Now()
-	hostGroups, err := hostGroups()
-	if err != nil {
-		return nil, err
-	}
-	plan, err := restore.NewLivePlan(restore.Input{Forest: withHelpers,
-		Live: &restore.LiveInput{Helpers: helperSet, HostGroups: hostGroups}})
-	if err != nil {
-		return nil, err
-	}
-	planDone := time.Now()
 	res, err := restore.Apply(plan, restore.Options{Live: live, Log: log, FailSyscall: cfg.FailSyscall})
 	if err != nil {
 		return nil, fmt.Errorf("apply sharing: %w", err)
 	}
 	rep := &Report{Namespaces: len(live), Mounts: original.Len(), Steps: len(plan.Steps), Helpers: plan.Helpers, Result: *res}
 	vstart := time.Now()
-	rep.ReadSeconds, rep.PlanSeconds, rep.ApplySeconds = readDone.Sub(start).Seconds(), planDone.Sub(readDone).Seconds(), vstart.Sub(planDone).Seconds()
+	rep.ReadSeconds, rep.PlanSeconds, rep.ApplySeconds = readDone.Sub(start).Seconds(), planDone.Sub(start).Seconds(), vstart.Sub(readDone).Seconds()
 	err = verifyNamespaces(original, nsPaths, cfg, log)
 	rep.VerifySeconds = time.Since(vstart).Seconds()
 	if err != nil {
