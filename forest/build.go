@@ -261,7 +261,11 @@ func checkPath(p string) string {
 	if p == "/" {
 		return ""
 	}
-	for _, c := range strings.Split(p[1:], "/") {
+	// Component by component, without allocating (every mountpoint and
+	// root of a 10,000-mount tree passes here).
+	for rest, more := p[1:], true; more; {
+		var c string
+		c, rest, more = strings.Cut(rest, "/")
 		switch c {
 		case "..":
 			return `contains ".."`
