@@ -5,10 +5,10 @@ package main
 import (
 	"errors"
 	"fmt"
+	"github.com/mntv2/mntv2/internal/shortlived"
 	"log/slog"
 	"os"
 	"runtime"
-	"runtime/debug"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -69,25 +69,13 @@ or captured tree against the images.`,
 func init() { runtime.LockOSThread() }
 
 func main() {
-	lessGC()
+	shortlived.Tune()
 	// With no arguments and CRIU's action in the environment, mntv2 is
 	// CRIU's --action-script.
 	if len(os.Args) == 1 && os.Getenv("CRTOOLS_SCRIPT_ACTION") != "" {
 		os.Exit(runHook())
 	}
 	os.Exit(run(os.Args[1:]))
-}
-
-// lessGC leaves garbage to the process's end, as a short-lived command
-// can: a restore's memory is mostly live until then, and a collection
-// takes the CPU a tmpfs extraction runs on beside the mount syscalls
-// (about 1 ms of 10 at 1000 mounts). Past 1 GiB the runtime collects
-// anyway. GOGC or GOMEMLIMIT in the environment win.
-func lessGC() {
-	if os.Getenv("GOGC") == "" && os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(1 << 30)
-		debug.SetGCPercent(-1)
-	}
 }
 
 func run(args []string) int {

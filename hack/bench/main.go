@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/mntv2/mntv2/internal/shortlived"
 	"math"
 	"os"
 	"os/exec"
@@ -270,6 +271,7 @@ func plot(rows []Row, criu []CriuRow) string {
 
 // child runs one case: "mode:shape:n".
 func child(spec string) int {
+	shortlived.Tune() // as mntv2 runs
 	parts := strings.SplitN(spec, ":", 3)
 	n, _ := strconv.Atoi(parts[2])
 	r := Row{Mode: parts[0], Shape: parts[1], N: n}
