@@ -23,7 +23,7 @@ export MNTV2
 scratch=$(mktemp -d /tmp/mntv2-bench-criu.XXXXXX)
 # The containers' roots are mounts of this private namespace: unmount
 # them, then remove the images and work files.
-trap 'umount -R "$scratch"/*/root 2>/dev/null; rm -rf "$scratch"' EXIT
+trap 'unmount_below "$scratch"; rm -rf "$scratch"' EXIT
 runs=${BENCH_CRIU_RUNS:-5}
 
 now() { date +%s%N; }

@@ -211,7 +211,8 @@ if [ "$failures" -gt 0 ]; then
 	echo "e2e: $failures failures (scratch kept in $scratch)"
 	exit 1
 fi
-# The containers' roots are mounts of this private namespace.
-umount -R "$scratch"/*/root 2>/dev/null || true
+# The containers' roots and the scenarios' host mounts are mounts of
+# this private namespace.
+unmount_below "$scratch"
 rm -rf "$scratch"
 echo "e2e: all passed"

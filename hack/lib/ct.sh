@@ -4,6 +4,15 @@
 # The first error of a CRIU log (not the rlimit warning every run has).
 firsterr() { grep Error "$1" | grep -v RLIMIT_NOFILE | head -1; }
 
+# Unmount everything mounted below dir in this namespace, deepest first
+# (the containers' roots, a scenario's host mounts).
+unmount_below() {
+	local dir=$1
+	awk -v d="$dir/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
+		umount -l "$m" 2>/dev/null || true
+	done
+}
+
 # Kill a restored tree by its root's pid and wait until it is gone.
 kill_tree() {
 	local pid=$1
