@@ -128,6 +128,12 @@ type applier struct {
 	kind   []kind
 	sbOf   []Handle
 	rootIn []string
+	// A directory of a mount that attaches resolve in (see attachInDir).
+	dirCache struct {
+		parent Handle
+		dir    string
+		fd     int
+	}
 	// The extraction of tmpfs content into a new superblock (see fill), by
 	// its handle.
 	fillOf  []*fill
@@ -162,6 +168,7 @@ func Apply(plan *Plan, opt Options) (res *Result, err error) {
 		sbOf:    make([]Handle, len(plan.Handles)),
 		workers: map[uint32]*worker{}, nsFds: map[uint32]int{}, attached: map[uint32][]Handle{},
 		baseNS: -1, pinDir: -1, rootLock: -1}
+	a.dirCache.fd = -1
 	for i := range a.fds {
 		a.fds[i] = -1
 	}
@@ -736,12 +743,20 @@ func (a *applier) attach(s Step) error {
 		}
 		if !s.Persistent && !strings.Contains(s.Path, "/") {
 			if done, err := a.attachByName(s, isDir, premade); done || err != nil {
+				if err == nil {
+					a.attachedAt(s)
+				}
 				return err
 			}
 		}
 		var record func(created)
 		if s.Persistent {
 			record = func(c created) { a.created = append(a.created, c) }
+		}
+		if isDir {
+			if done, err := a.attachInDir(s, record); done || err != nil {
+				return err
+			}
 		}
 		fd, err := openMountpoint(target, s.Path, isDir, record)
 		if err != nil {
@@ -755,10 +770,68 @@ func (a *applier) attach(s Step) error {
 	}); err != nil {
 		return err
 	}
+	a.attachedAt(s)
+	return nil
+}
+
+// attachedAt notes a mount attached at s.Path under s.Parent: a persistent
+// one for rollback, and the end of the cached directory (see attachInDir)
+// if the mount covers it.
+func (a *applier) attachedAt(s Step) {
 	if s.Persistent {
 		a.attached[s.NS] = append(a.attached[s.NS], s.Handle)
 	}
-	return nil
+	if c := &a.dirCache; c.fd >= 0 && c.parent == s.Parent && (c.dir == s.Path || strings.HasPrefix(c.dir, s.Path+"/")) {
+		unix.Close(c.fd)
+		c.fd = -1
+	}
+}
+
+// attachInDir attaches a directory mount whose mountpoint is below a
+// directory of its parent (a/b/c: a/b), or on the restore root or an
+// external mount: the directory is resolved with the checked lookup and
+// kept for the next attach in it (siblings come one after another), and
+// the last component is resolved by move_mount without following a
+// symlink, made first if missing. Anything but a directory there takes the
+// checked path (done false), which says why.
+func (a *applier) attachInDir(s Step, record func(created)) (done bool, err error) {
+	dir, base := path.Split(s.Path)
+	dir = strings.TrimSuffix(dir, "/")
+	dirfd := a.fds[s.Parent]
+	if dir != "" {
+		c := &a.dirCache
+		if c.fd < 0 || c.parent != s.Parent || c.dir != dir {
+			if c.fd >= 0 {
+				unix.Close(c.fd)
+				c.fd = -1
+			}
+			fd, err := openMountpoint(a.fds[s.Parent], dir, true, record)
+			if err != nil {
+				return true, err
+			}
+			c.fd, c.parent, c.dir = fd, s.Parent, dir
+		}
+		dirfd = c.fd
+	}
+	made, err := createNew(dirfd, base, true)
+	if err != nil {
+		return true, err
+	}
+	if made && record != nil {
+		if dup, derr := unix.FcntlInt(uintptr(dirfd), unix.F_DUPFD_CLOEXEC, 0); derr == nil {
+			record(created{dirfd: dup, name: base, dir: true})
+		}
+	}
+	err = a.sys("move_mount", func() error {
+		return unix.MoveMount(a.fds[s.Handle], "", dirfd, base, unix.MOVE_MOUNT_F_EMPTY_PATH)
+	})
+	if made || !notMountable(err) {
+		if err == nil {
+			a.attachedAt(s)
+		}
+		return true, err
+	}
+	return false, nil
 }
 
 // indexHandles reads from the plan, for each handle, the new superblock it
@@ -836,7 +909,7 @@ func (a *applier) isDir(h Handle) (bool, error) {
 // a mount this restore made: the name is resolved without following a
 // symlink, and a missing mountpoint is created, unless the tmpfs content
 // has it. An existing entry is taken only as a directory (a directory
-// mount cannot land on a symlink or a file: ENOTDIR); otherwise it
+// mount cannot land on a symlink or a file: see notMountable); otherwise it
 // reports not done, and attach's checked path decides and says why.
 func (a *applier) attachByName(s Step, isDir, premade bool) (done bool, err error) {
 	src, target := a.fds[s.Handle], a.fds[s.Parent]
@@ -846,7 +919,7 @@ func (a *applier) attachByName(s Step, isDir, premade bool) (done bool, err erro
 		})
 	}
 	if fl := a.fillFor(s.Parent); premade || isDir && fl != nil && fl.x.hasDir(path.Join(a.rootIn[s.Parent], s.Path)) {
-		if err := move(); !errors.Is(err, unix.ENOTDIR) {
+		if err := move(); !notMountable(err) {
 			return true, err
 		}
 		return false, nil
@@ -858,10 +931,17 @@ func (a *applier) attachByName(s Step, isDir, premade bool) (done bool, err erro
 	if !created && !isDir {
 		return false, nil
 	}
-	if err := move(); created || !errors.Is(err, unix.ENOTDIR) {
+	if err := move(); created || !notMountable(err) {
 		return true, err
 	}
 	return false, nil
+}
+
+// notMountable says whether a move by name failed on what is at the name:
+// ENOTDIR for a file, EINVAL for a symlink (move_mount does not follow
+// it). The checked lookup then says what is there.
+func notMountable(err error) bool {
+	return errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.EINVAL)
 }
 
 // mountAttr is the mount_setattr argument that sets exactly flags.
@@ -943,6 +1023,10 @@ func (a *applier) rollback() {
 // release closes every fd and ends every worker, after success or rollback.
 func (a *applier) release() {
 	a.stopFills() // before any fd it writes through is closed
+	if a.dirCache.fd >= 0 {
+		unix.Close(a.dirCache.fd)
+		a.dirCache.fd = -1
+	}
 	for _, c := range a.created {
 		unix.Close(c.dirfd)
 	}
