@@ -409,7 +409,12 @@ func (a *applier) stepError(i int, err error) error {
 	se := &StepError{Index: i, Step: s, Err: err}
 	var sys *sysError
 	if errors.As(err, &sys) {
-		se.Syscall, se.Err = sys.call, sys.err
+		se.Syscall = sys.call
+		if err == error(sys) {
+			se.Err = sys.err
+		} else {
+			se.inErr = true // the context around it says on what
+		}
 	}
 	h := s.Handle
 	switch {

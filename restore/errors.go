@@ -15,11 +15,15 @@ type StepError struct {
 	What    string // the mount: "namespace 10, mount 45 (/tmp/p1)", or a source/helper
 	Syscall string // open_tree, move_mount, ...
 	Err     error  // usually a syscall.Errno
+
+	// inErr: Err's text names the syscall itself (it failed on an object
+	// the text names first: an archive entry, a host path).
+	inErr bool
 }
 
 func (e *StepError) Error() string {
 	msg := fmt.Sprintf("step %d (%s) for %s: ", e.Index, e.Step.Op, e.What)
-	if e.Syscall != "" {
+	if e.Syscall != "" && !e.inErr {
 		msg += e.Syscall + ": "
 	}
 	return msg + e.Err.Error()
@@ -42,7 +46,7 @@ type sysError struct {
 	err  error
 }
 
-func (e *sysError) Error() string { return e.err.Error() }
+func (e *sysError) Error() string { return e.call + ": " + e.err.Error() }
 func (e *sysError) Unwrap() error { return e.err }
 
 func sysErr(call string, err error) error {
