@@ -23,23 +23,7 @@ const fixtures = "../testdata/criu-4.2"
 
 // copyImages copies a fixture's images into a new temporary directory.
 func copyImages(t *testing.T, fixture string) string {
-	t.Helper()
-	src := filepath.Join(fixtures, fixture, "images")
-	dst := t.TempDir()
-	ents, err := os.ReadDir(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(src, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dst
+	return testns.CopyDir(t, filepath.Join(fixtures, fixture, "images"))
 }
 
 // snapshot maps every file of dir to the digest of its bytes.

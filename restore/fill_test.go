@@ -64,7 +64,7 @@ func TestApplyBadTmpfsContent(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			file := c.file
-			dir := copyImages(t, filepath.Join(fixtures, fix, "images"))
+			dir := testns.CopyDir(t, filepath.Join(fixtures, fix, "images"))
 			orig, err := os.ReadFile(filepath.Join(dir, file))
 			if err != nil {
 				t.Fatal(err)
@@ -90,24 +90,4 @@ func TestApplyBadTmpfsContent(t *testing.T) {
 			t.Log(err)
 		})
 	}
-}
-
-// copyImages copies an images directory to a new one.
-func copyImages(t *testing.T, from string) string {
-	t.Helper()
-	to := t.TempDir()
-	ents, err := os.ReadDir(from)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(from, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(to, e.Name()), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return to
 }

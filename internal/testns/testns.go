@@ -126,3 +126,24 @@ func OpenFDs(t *testing.T) int {
 	}
 	return len(ents)
 }
+
+// CopyDir copies the files of dir (a CRIU images directory: no
+// subdirectories) into a new temporary directory of the test.
+func CopyDir(t *testing.T, dir string) string {
+	t.Helper()
+	dst := t.TempDir()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dst
+}
