@@ -818,7 +818,27 @@ func (a *applier) attachInDir(s Step, record func(created)) (done bool, err erro
 		}
 		dirfd = c.fd
 	}
-	made, err := createNew(dirfd, base, true)
+	moveOnce := func() error { return unix.MoveMount(a.fds[s.Handle], "", dirfd, base, unix.MOVE_MOUNT_F_EMPTY_PATH) }
+	move := func() error { return a.sys("move_mount", moveOnce) }
+	made := false
+	if s.Persistent {
+		// A root filesystem or host mount usually has its mountpoints:
+		// the move comes first. When it lacks one, the retry after the
+		// mkdir is not counted, so that an attach counts one move either
+		// way (fault injection relies on the count).
+		err = move()
+		switch {
+		case err == nil:
+			a.attachedAt(s)
+			return true, nil
+		case notMountable(err):
+			return false, nil // the checked path says what is there
+		case !errors.Is(err, unix.ENOENT):
+			return true, err
+		}
+		move = func() error { return sysErr("move_mount", moveOnce()) }
+	}
+	made, err = createNew(dirfd, base, true)
 	if err != nil {
 		return true, err
 	}
@@ -827,9 +847,7 @@ func (a *applier) attachInDir(s Step, record func(created)) (done bool, err erro
 			record(created{dirfd: dup, name: base, dir: true})
 		}
 	}
-	err = a.sys("move_mount", func() error {
-		return unix.MoveMount(a.fds[s.Handle], "", dirfd, base, unix.MOVE_MOUNT_F_EMPTY_PATH)
-	})
+	err = move()
 	if made || !notMountable(err) {
 		if err == nil {
 			a.attachedAt(s)
