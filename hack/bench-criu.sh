@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Restore time of N peer bind mounts with CRIU alone, CRIU + the mntv2
 # hook, and mntv2 restore of the same images. Each time is the best of
-# $BENCH_CRIU_RUNS (default 7) wall-clock runs minus the same for a
+# $BENCH_CRIU_RUNS (default 10) wall-clock runs minus the same for a
 # container with no extra mounts, so only the mounts' share is left.
 # Writes JSON (for hack/bench).
 #
@@ -24,7 +24,7 @@ scratch=$(mktemp -d /tmp/mntv2-bench-criu.XXXXXX)
 # The containers' roots are mounts of this private namespace: unmount
 # them, then remove the images and work files.
 trap 'unmount_below "$scratch"; rm -rf "$scratch"' EXIT
-runs=${BENCH_CRIU_RUNS:-7}
+runs=${BENCH_CRIU_RUNS:-10}
 
 now() { date +%s%N; }
 

@@ -172,7 +172,7 @@ func report(w *os.File, rows []Row, criu []CriuRow) {
 		}
 	}
 	tw.Flush()
-	fmt.Fprintln(w, "\npost-restore (the CRIU hook) on a private restored tree, against the floor of its own syscalls")
+	fmt.Fprintln(w, "\npost-restore (the CRIU hook) on a private restored tree (best of 5), against the floor of its own syscalls")
 	fmt.Fprintln(tw, "shape\tN\tmounts\thook ms\tfloor ms\tratio\tsyscalls\tverify ms\t")
 	for _, r := range rows {
 		if r.Mode == "hook" && r.Error == "" {
