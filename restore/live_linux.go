@@ -268,7 +268,7 @@ func (a *applier) peel(ln *LiveNamespace, st *liveState) (err error) {
 		}
 		fds[m] = fd
 		name := strconv.Itoa(i)
-		if err := createEntry(park, name, dir); err != nil {
+		if _, err := createNew(park, name, dir); err != nil {
 			return err
 		}
 		if err := a.sys("move_mount", func() error {

@@ -51,12 +51,11 @@ func openMountpoint(dirfd int, rel string, wantDir bool, record func(created)) (
 		dir := !last || wantDir
 		fd, err := openInside(cur, name, unix.O_PATH, 0)
 		if errors.Is(err, unix.ENOENT) {
-			err = createEntry(cur, name, dir)
+			var made bool
+			made, err = createNew(cur, name, dir)
 			if err == nil {
-				if record != nil {
-					if dup, derr := unix.FcntlInt(uintptr(cur), unix.F_DUPFD_CLOEXEC, 0); derr == nil {
-						record(created{dirfd: dup, name: name, dir: dir})
-					}
+				if made {
+					noteCreated(record, cur, name, dir)
 				}
 				fd, err = openInside(cur, name, unix.O_PATH, 0)
 			}
@@ -108,20 +107,13 @@ func createNew(dirfd int, name string, dir bool) (bool, error) {
 	return true, unix.Close(fd)
 }
 
-// createEntry makes a missing mountpoint: a directory or an empty file.
-func createEntry(dirfd int, name string, dir bool) error {
-	if dir {
-		if err := unix.Mkdirat(dirfd, name, 0o755); err != nil && err != unix.EEXIST {
-			return sysErr("mkdirat", err)
-		}
-		return nil
+// noteCreated passes an entry made below dirfd to record, if not nil,
+// with a duplicate of dirfd that record then owns.
+func noteCreated(record func(created), dirfd int, name string, dir bool) {
+	if record == nil {
+		return
 	}
-	fd, err := openInside(dirfd, name, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY, 0o644)
-	if err == unix.EEXIST {
-		return nil
+	if dup, err := unix.FcntlInt(uintptr(dirfd), unix.F_DUPFD_CLOEXEC, 0); err == nil {
+		record(created{dirfd: dup, name: name, dir: dir})
 	}
-	if err != nil {
-		return sysErr("openat2(O_CREAT)", err)
-	}
-	return unix.Close(fd)
 }
