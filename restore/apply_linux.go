@@ -128,7 +128,7 @@ type applier struct {
 	kind   []kind
 	sbOf   []Handle
 	rootIn []string
-	// A directory of a mount that attaches resolve in (see attachInDir).
+	// A directory of a mount that attaches resolve in (see dirOf).
 	dirCache struct {
 		parent Handle
 		dir    string
@@ -746,20 +746,24 @@ func (a *applier) attach(s Step) error {
 		if err != nil {
 			return err
 		}
-		if !s.Persistent && !strings.Contains(s.Path, "/") {
-			if done, err := a.attachByName(s, isDir, premade); done || err != nil {
-				if err == nil {
-					a.attachedAt(s)
-				}
-				return err
-			}
-		}
 		var record func(created)
 		if s.Persistent {
 			record = func(c created) { a.created = append(a.created, c) }
 		}
-		if isDir {
-			if done, err := a.attachInDir(s, record); done || err != nil {
+		// The fast paths: a name in a mount this restore made (a file
+		// mount too), or a directory mount below a directory of its
+		// parent or on a persistent filesystem.
+		if byName := !s.Persistent && !strings.Contains(s.Path, "/"); byName || isDir {
+			dirfd, name, exists := target, s.Path, premade
+			if byName {
+				exists = exists || isDir && fl != nil && fl.x.hasDir(path.Join(a.rootIn[s.Parent], s.Path))
+			} else if dirfd, name, err = a.dirOf(s, record); err != nil {
+				return err
+			}
+			if done, err := a.attachNamed(s, dirfd, name, isDir, exists, record); done || err != nil {
+				if err == nil {
+					a.attachedAt(s)
+				}
 				return err
 			}
 		}
@@ -780,7 +784,7 @@ func (a *applier) attach(s Step) error {
 }
 
 // attachedAt notes a mount attached at s.Path under s.Parent: a persistent
-// one for rollback, and the end of the cached directory (see attachInDir)
+// one for rollback, and the end of the cached directory (see dirOf)
 // if the mount covers it.
 func (a *applier) attachedAt(s Step) {
 	if s.Persistent {
@@ -792,66 +796,67 @@ func (a *applier) attachedAt(s Step) {
 	}
 }
 
-// attachInDir attaches a directory mount whose mountpoint is below a
-// directory of its parent (a/b/c: a/b), or on the restore root or an
-// external mount: the directory is resolved with the checked lookup and
-// kept for the next attach in it (siblings come one after another), and
-// the last component is resolved by move_mount without following a
-// symlink, made first if missing. Anything but a directory there takes the
-// checked path (done false), which says why.
-func (a *applier) attachInDir(s Step, record func(created)) (done bool, err error) {
+// dirOf resolves the directory of s's mountpoint in its parent (a/b/c:
+// a/b; "" is the parent's root) with the checked lookup, and keeps it for
+// the next attach in it (siblings come one after another). It returns that
+// directory and the mountpoint's last component.
+func (a *applier) dirOf(s Step, record func(created)) (dirfd int, name string, err error) {
 	dir, base := path.Split(s.Path)
 	dir = strings.TrimSuffix(dir, "/")
-	dirfd := a.fds[s.Parent]
-	if dir != "" {
-		c := &a.dirCache
-		if c.fd < 0 || c.parent != s.Parent || c.dir != dir {
-			if c.fd >= 0 {
-				unix.Close(c.fd)
-				c.fd = -1
-			}
-			fd, err := openMountpoint(a.fds[s.Parent], dir, true, record)
-			if err != nil {
-				return true, err
-			}
-			c.fd, c.parent, c.dir = fd, s.Parent, dir
-		}
-		dirfd = c.fd
+	if dir == "" {
+		return a.fds[s.Parent], base, nil
 	}
-	moveOnce := func() error { return unix.MoveMount(a.fds[s.Handle], "", dirfd, base, unix.MOVE_MOUNT_F_EMPTY_PATH) }
+	c := &a.dirCache
+	if c.fd < 0 || c.parent != s.Parent || c.dir != dir {
+		if c.fd >= 0 {
+			unix.Close(c.fd)
+			c.fd = -1
+		}
+		fd, err := openMountpoint(a.fds[s.Parent], dir, true, record)
+		if err != nil {
+			return -1, "", err
+		}
+		c.fd, c.parent, c.dir = fd, s.Parent, dir
+	}
+	return c.fd, base, nil
+}
+
+// attachNamed is attach's fast path: it moves s's mount onto name in dirfd,
+// resolved by move_mount without following a symlink. A mountpoint that
+// exists (the tmpfs content has it, or a persistent filesystem most likely
+// does) is moved onto first; a missing one is made, recorded when record
+// is set, and moved onto. An existing entry is taken only as a directory
+// (a directory mount cannot land on a symlink or a file: see notMountable);
+// otherwise it reports not done, and attach's checked path decides and
+// says why.
+func (a *applier) attachNamed(s Step, dirfd int, name string, isDir, exists bool, record func(created)) (done bool, err error) {
+	moveOnce := func() error { return unix.MoveMount(a.fds[s.Handle], "", dirfd, name, unix.MOVE_MOUNT_F_EMPTY_PATH) }
 	move := func() error { return a.sys("move_mount", moveOnce) }
-	made := false
-	if s.Persistent {
-		// A root filesystem or host mount usually has its mountpoints:
-		// the move comes first. When it lacks one, the retry after the
-		// mkdir is not counted, so that an attach counts one move either
-		// way (fault injection relies on the count).
-		err = move()
+	if exists || s.Persistent {
+		err := move()
 		switch {
 		case err == nil:
-			a.attachedAt(s)
 			return true, nil
 		case notMountable(err):
-			return false, nil // the checked path says what is there
-		case !errors.Is(err, unix.ENOENT):
+			return false, nil
+		case !s.Persistent || !errors.Is(err, unix.ENOENT):
 			return true, err
 		}
+		// Missing on a persistent filesystem: the retry after the mkdir
+		// is not counted, so that an attach counts one move either way
+		// (fault injection relies on the count).
 		move = func() error { return sysErr("move_mount", moveOnce()) }
 	}
-	made, err = createNew(dirfd, base, true)
+	made, err := createNew(dirfd, name, isDir)
 	if err != nil {
 		return true, err
 	}
-	if made && record != nil {
-		if dup, derr := unix.FcntlInt(uintptr(dirfd), unix.F_DUPFD_CLOEXEC, 0); derr == nil {
-			record(created{dirfd: dup, name: base, dir: true})
-		}
+	if made {
+		noteCreated(record, dirfd, name, isDir)
+	} else if !isDir {
+		return false, nil
 	}
-	err = move()
-	if made || !notMountable(err) {
-		if err == nil {
-			a.attachedAt(s)
-		}
+	if err := move(); made || !notMountable(err) {
 		return true, err
 	}
 	return false, nil
@@ -926,38 +931,6 @@ func (a *applier) isDir(h Handle) (bool, error) {
 		}
 	}
 	return a.kind[h] == kindDir, nil
-}
-
-// attachByName is attach's fast path for a mountpoint of one component in
-// a mount this restore made: the name is resolved without following a
-// symlink, and a missing mountpoint is created, unless the tmpfs content
-// has it. An existing entry is taken only as a directory (a directory
-// mount cannot land on a symlink or a file: see notMountable); otherwise it
-// reports not done, and attach's checked path decides and says why.
-func (a *applier) attachByName(s Step, isDir, premade bool) (done bool, err error) {
-	src, target := a.fds[s.Handle], a.fds[s.Parent]
-	move := func() error {
-		return a.sys("move_mount", func() error {
-			return unix.MoveMount(src, "", target, s.Path, unix.MOVE_MOUNT_F_EMPTY_PATH)
-		})
-	}
-	if fl := a.fillFor(s.Parent); premade || isDir && fl != nil && fl.x.hasDir(path.Join(a.rootIn[s.Parent], s.Path)) {
-		if err := move(); !notMountable(err) {
-			return true, err
-		}
-		return false, nil
-	}
-	created, err := createNew(target, s.Path, isDir)
-	if err != nil {
-		return true, err
-	}
-	if !created && !isDir {
-		return false, nil
-	}
-	if err := move(); created || !notMountable(err) {
-		return true, err
-	}
-	return false, nil
 }
 
 // notMountable says whether a move by name failed on what is at the name:
