@@ -124,10 +124,12 @@ type applier struct {
 
 	// What the plan says of each handle's mount (indexHandles): whether
 	// its root is a directory (else kindUnknown until an fstat), the
-	// new-superblock handle it is a bind of and its root in it.
-	kind   []kind
-	sbOf   []Handle
-	rootIn []string
+	// new-superblock handle it is a bind of and its root in it, and a new
+	// superblock's options.
+	kind      []kind
+	sbOf      []Handle
+	rootIn    []string
+	sbOptions map[Handle]string // a new superblock's options (size= for a fill)
 	// A directory of a mount that attaches resolve in (see dirOf).
 	dirCache struct {
 		parent Handle
@@ -163,9 +165,7 @@ func Apply(plan *Plan, opt Options) (res *Result, err error) {
 	if opt.TmpfsLimit == 0 {
 		opt.TmpfsLimit = 1 << 30
 	}
-	a := &applier{plan: plan, opt: opt, fds: make([]int, len(plan.Handles)),
-		kind: make([]kind, len(plan.Handles)), fillOf: make([]*fill, len(plan.Handles)), rootIn: make([]string, len(plan.Handles)),
-		sbOf:    make([]Handle, len(plan.Handles)),
+	a := &applier{plan: plan, opt: opt, fds: make([]int, len(plan.Handles)), fillOf: make([]*fill, len(plan.Handles)),
 		workers: map[uint32]*worker{}, nsFds: map[uint32]int{}, attached: map[uint32][]Handle{},
 		baseNS: -1, pinDir: -1, rootLock: -1}
 	a.dirCache.fd = -1
@@ -669,12 +669,8 @@ func (a *applier) fillTmpfs(s Step) error {
 		return err
 	}
 	limit := a.opt.TmpfsLimit
-	for _, st := range a.plan.Steps {
-		if st.Op == OpNewSuperblock && st.Handle == s.Handle {
-			if l := tmpfsSizeLimit(st.Options); l > 0 {
-				limit = l
-			}
-		}
+	if l := tmpfsSizeLimit(a.sbOptions[s.Handle]); l > 0 {
+		limit = l
 	}
 	fl := startFill(a.step, name, f, a.fds[s.Handle], limit, a.mountpointsIn(s.Handle))
 	a.fills = append(a.fills, fl)
@@ -867,6 +863,8 @@ func (a *applier) attachNamed(s Step, dirfd int, name string, isDir, exists bool
 // is surely a directory (the root of a new superblock, or a bind of the
 // whole of one that is).
 func (a *applier) indexHandles() {
+	n := len(a.plan.Handles)
+	a.kind, a.sbOf, a.rootIn, a.sbOptions = make([]kind, n), make([]Handle, n), make([]string, n), map[Handle]string{}
 	for i := range a.sbOf {
 		a.sbOf[i] = NoHandle
 	}
@@ -874,6 +872,7 @@ func (a *applier) indexHandles() {
 		switch s.Op {
 		case OpNewSuperblock:
 			a.sbOf[s.Handle], a.kind[s.Handle] = s.Handle, kindDir
+			a.sbOptions[s.Handle] = s.Options
 		case OpBind:
 			a.sbOf[s.Handle], a.rootIn[s.Handle] = a.sbOf[s.From], path.Join(a.rootIn[s.From], s.Path)
 			if s.Path == "" {

@@ -128,13 +128,10 @@ func (a *applier) waitCreated(fl *fill) error {
 
 // waitDone waits until the extraction has ended.
 func (a *applier) waitDone(fl *fill) error {
-	if fl == nil {
-		return nil
+	if err := a.waitCreated(fl); err != nil || fl == nil {
+		return err
 	}
 	<-fl.done
-	if fl.createErr != nil {
-		return a.stepError(fl.step, fl.createErr)
-	}
 	if fl.doneErr != nil {
 		return a.stepError(fl.step, fl.doneErr)
 	}

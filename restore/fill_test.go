@@ -28,8 +28,7 @@ func TestApplyBadTmpfsContent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &applier{plan: plan, kind: make([]kind, len(plan.Handles)), sbOf: make([]Handle, len(plan.Handles)),
-		rootIn: make([]string, len(plan.Handles))}
+	a := &applier{plan: plan}
 	a.indexHandles()
 	type bad struct {
 		name, file string
