@@ -169,20 +169,7 @@ func relTo(p, dir string) string {
 // superblock per filesystem instance, filled with its tmpfs content, then a
 // bind of each mount's root from it; external mounts are cloned from the host.
 func (p *planner) createMounts() error {
-	var order []uint32 // superblocks in first-seen order, for a stable plan
-	bySB := map[uint32][]*forest.Mount{}
-	for _, ns := range p.in.Forest.Namespaces {
-		_ = ns.Walk(func(m *forest.Mount) error {
-			if m.IsRoot() {
-				return nil
-			}
-			if _, ok := bySB[m.Dev]; !ok {
-				order = append(order, m.Dev)
-			}
-			bySB[m.Dev] = append(bySB[m.Dev], m)
-			return nil
-		})
-	}
+	order, bySB := p.bySuperblock(func(*forest.Mount) bool { return true })
 	for _, dev := range order {
 		exts := p.extRoot[dev]
 		var others []*forest.Mount
@@ -279,20 +266,26 @@ func (p *planner) hasContent(m *forest.Mount) bool {
 // fills plans the superblocks that get tmpfs content, in the order their
 // first mounts are met.
 func (p *planner) fills() {
-	var order []uint32
-	byDev := map[uint32][]*forest.Mount{}
-	p.walk(func(m *forest.Mount) {
-		if !p.hasContent(m) {
-			return
-		}
-		if _, ok := byDev[m.Dev]; !ok {
-			order = append(order, m.Dev)
-		}
-		byDev[m.Dev] = append(byDev[m.Dev], m)
-	})
+	order, byDev := p.bySuperblock(p.hasContent)
 	for _, dev := range order {
 		p.newSuperblock(byDev[dev])
 	}
+}
+
+// bySuperblock groups the non-root mounts that keep accepts by superblock;
+// order lists the superblocks as first met, for a stable plan.
+func (p *planner) bySuperblock(keep func(*forest.Mount) bool) (order []uint32, by map[uint32][]*forest.Mount) {
+	by = map[uint32][]*forest.Mount{}
+	p.walk(func(m *forest.Mount) {
+		if !keep(m) {
+			return
+		}
+		if _, ok := by[m.Dev]; !ok {
+			order = append(order, m.Dev)
+		}
+		by[m.Dev] = append(by[m.Dev], m)
+	})
+	return order, by
 }
 
 // bindPeer plans m as a clone of its group's shared representative, a
