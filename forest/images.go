@@ -67,7 +67,7 @@ func FromImageMount(e *images.Mount) Mount {
 		Flags: (Flags(e.Flags) & PerMountMask).AtimeMode(), Dev: e.RootDev,
 		PeerGroup: e.SharedID, Master: e.MasterID,
 		Unbindable: e.Flags&MSUnbindable != 0,
-		External:   e.ExtKey, Deleted: e.Deleted,
+		External:   e.ExtKey, Deleted: e.Deleted, InternalSharing: e.InternalSharing,
 	}
 	if m.External == "" && e.ExtMount {
 		m.External = "(external)"
@@ -146,7 +146,7 @@ func ToImageMount(m *Mount) images.Mount {
 	e := images.Mount{
 		FSType: m.FSCode, MntID: m.ID, RootDev: m.Dev, ParentMntID: m.ParentID, Flags: flags,
 		Root: m.Root, Mountpoint: m.Mountpoint, Source: m.Source, Options: m.Options,
-		SharedID: m.PeerGroup, MasterID: m.Master, Deleted: m.Deleted,
+		SharedID: m.PeerGroup, MasterID: m.Master, Deleted: m.Deleted, InternalSharing: m.InternalSharing,
 	}
 	if e.FSType == 0 && m.FSType != "" {
 		e.FSType = FSTypeCode(m.FSType)

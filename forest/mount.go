@@ -115,7 +115,11 @@ type Mount struct {
 	Unbindable    bool
 
 	External string // CRIU ext_key: bound from the restoring host; "" if not
-	Deleted  bool   // the mount's root was unlinked
+	// InternalSharing: an external mount whose peer group the container
+	// made its own (CRIU's internal_sharing); otherwise an external mount's
+	// peer group is the host's.
+	InternalSharing bool
+	Deleted         bool // the mount's root was unlinked
 
 	// FSCode is CRIU's fstype enum value for image mounts, 0 for live ones.
 	FSCode uint32

@@ -142,6 +142,8 @@ type applier struct {
 	fills   []*fill
 	premade map[Handle][]string // mountpointsIn
 	step    int                 // the step running
+	// The restorer's mounts by id (openHost), read once.
+	hostTree map[uint64]forest.Mount
 }
 
 type kind int8

@@ -94,7 +94,7 @@ func (s Step) String() string {
 	if s.Parent != NoHandle {
 		fmt.Fprintf(&b, " under=h%d", s.Parent)
 	}
-	if s.Op == OpAttach || s.Op == OpBind || s.Op == OpOpenExternal {
+	if s.Op == OpAttach || s.Op == OpBind || s.Op == OpOpenExternal || s.Op == OpOpenHost {
 		fmt.Fprintf(&b, " path=%q", s.Path)
 	}
 	if s.FSType != "" {
@@ -123,6 +123,9 @@ type Plan struct {
 	Handles    []HandleInfo `json:"handles"`
 	Steps      []Step       `json:"steps"`
 	Helpers    int          `json:"helpers"`
+	// Warnings are what the plan restores less exactly than the images
+	// say, and why (Input.HostLenient).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Input is everything the planner needs to know.
@@ -144,6 +147,10 @@ type Input struct {
 	Live *LiveInput
 	// Explain gives a live plan's steps their full reasons.
 	Explain bool
+	// HostLenient restores a group whose host group cannot be joined (its
+	// host mount is gone or in no group) among the images' mounts only,
+	// with a warning in the plan, instead of failing.
+	HostLenient bool
 }
 
 // UnsupportedError lists every mount that cannot be restored, before anything

@@ -24,8 +24,8 @@ type planner struct {
 
 	// Sharing phase and live plans.
 	groups    map[uint32]*groupPlan
-	devMounts map[uint32][]*forest.Mount // live: superblock -> its mounts
-	host      map[uint32]Handle          // live: peer group -> handle of a host mount in it
+	devMounts  map[uint32][]*forest.Mount // live: superblock -> its mounts
+	hostByPath map[string]Handle          // host path -> handle of the host mount it lies on
 }
 
 func newPlanner(in Input) *planner {
@@ -37,7 +37,7 @@ func newPlanner(in Input) *planner {
 	plan := &Plan{Steps: make([]Step, 0, 4*n+16), Handles: make([]HandleInfo, 0, n+16)}
 	p := &planner{in: in, plan: plan, handle: make(map[*forest.Mount]Handle, n),
 		source: map[uint32]Handle{}, extRoot: map[uint32][]*forest.Mount{},
-		born: map[uint32]*forest.Mount{}, devMounts: map[uint32][]*forest.Mount{}, host: map[uint32]Handle{}}
+		born: map[uint32]*forest.Mount{}, devMounts: map[uint32][]*forest.Mount{}, hostByPath: map[string]Handle{}}
 	if in.Forest != nil && len(in.Forest.Namespaces) > 0 {
 		p.rootMnt = rootNamespace(in).Root
 	}
@@ -106,6 +106,9 @@ func NewPlan(in Input) (*Plan, error) {
 	p.assemble()
 	p.groups = byID
 	if err := p.planGroups(order); err != nil {
+		return nil, err
+	}
+	if err := p.hostMasters(); err != nil {
 		return nil, err
 	}
 	p.finish()
