@@ -264,8 +264,6 @@ func verifyNamespaces(original *forest.Forest, nsPaths map[uint32]string, cfg Co
 	return diffs, nil
 }
 
-
-
 func readLive(nsPath string, id uint32) (*forest.Forest, error) {
 	nm, err := forest.ReadNamespaceFile(nsPath, id)
 	if err != nil {

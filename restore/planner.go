@@ -23,7 +23,7 @@ type planner struct {
 	src     map[*forest.Mount]source
 
 	// Sharing phase and live plans.
-	groups    map[uint32]*groupPlan
+	groups     map[uint32]*groupPlan
 	devMounts  map[uint32][]*forest.Mount // live: superblock -> its mounts
 	hostByPath map[string]Handle          // host path -> handle of the host mount it lies on
 }

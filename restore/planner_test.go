@@ -130,7 +130,9 @@ func runModel(t *testing.T, plan *Plan) *model {
 			// host's filesystems: whether two of them are one superblock
 			// is known only when restoring (the kernel refuses otherwise,
 			// and the restore rolls back naming the mount).
-			hostSide := func(sb string) bool { return sb == "root" || strings.HasPrefix(sb, "ext:") || strings.HasPrefix(sb, "host:") }
+			hostSide := func(sb string) bool {
+				return sb == "root" || strings.HasPrefix(sb, "ext:") || strings.HasPrefix(sb, "host:")
+			}
 			if from.sb != to.sb && !(hostSide(from.sb) && hostSide(to.sb)) {
 				m.fail("set-group across superblocks %s and %s", from.sb, to.sb)
 			}
