@@ -70,7 +70,7 @@ func PostRestore(d *images.Dir, root int, cfg Config) (*Report, error) {
 	}
 	if man == nil {
 		// The images were not rewritten: CRIU restored the sharing itself.
-		original, err := forest.Build(input)
+		original, err := forest.BuildImages(input)
 		if err != nil {
 			return nil, fmt.Errorf("images: %w", err)
 		}
@@ -116,7 +116,7 @@ func ApplyLive(input []forest.NamespaceMounts, helpers []restore.HelperMount, ns
 		}()
 	}
 	defer wg.Wait() // no reader outlives this call, whatever fails
-	original, err := forest.Build(input)
+	original, err := forest.BuildImages(input)
 	if err != nil {
 		return nil, fmt.Errorf("images: %w", err)
 	}

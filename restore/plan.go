@@ -136,15 +136,14 @@ type Input struct {
 	// TmpfsContent says which superblocks (root_dev) have a
 	// tmpfs-dev-<dev>.tar.gz.img.
 	TmpfsContent map[uint32]bool
+	// RootNS is the mount namespace of the root task (pstree's first task):
+	// its root mount is the restore root. When the forest has no such
+	// namespace, the first one is.
+	RootNS uint32
 	// Live is set for a live plan (NewLivePlan).
 	Live *LiveInput
 	// Explain gives a live plan's steps their full reasons.
 	Explain bool
-}
-
-// Supported lists the filesystems mntv2 creates new instances of.
-var Supported = map[string]bool{
-	"tmpfs": true, "proc": true, "sysfs": true, "devpts": true, "mqueue": true, "cgroup2": true,
 }
 
 // UnsupportedError lists every mount that cannot be restored, before anything
@@ -154,5 +153,9 @@ type UnsupportedError struct {
 }
 
 func (e *UnsupportedError) Error() string {
-	return fmt.Sprintf("%d mounts cannot be restored: %s", len(e.Mounts), strings.Join(e.Mounts, "; "))
+	const shown = 10
+	if len(e.Mounts) <= shown {
+		return fmt.Sprintf("%d mounts cannot be restored: %s", len(e.Mounts), strings.Join(e.Mounts, "; "))
+	}
+	return fmt.Sprintf("%d mounts cannot be restored: %s; and %d more", len(e.Mounts), strings.Join(e.Mounts[:shown], "; "), len(e.Mounts)-shown)
 }

@@ -195,8 +195,7 @@ func (p *planner) bornPeers(order []*groupPlan) {
 		var rep *forest.Mount
 		ok := true
 		for _, m := range gp.Members {
-			if m.IsRoot() || m.External != "" || m.Unbindable || len(m.Children) > 0 ||
-				p.extRoot[m.Dev] != nil || p.rootOf[m.Dev] != nil {
+			if m.IsRoot() || m.Unbindable || len(m.Children) > 0 || p.src[m].kind != fromNew {
 				ok = false
 				break
 			}
@@ -315,7 +314,7 @@ func (p *planner) exposing(dev uint32, root string) (Handle, string, bool) {
 	if src := widestContaining(p.extRoot[dev], root); src != nil {
 		return p.handle[src], relTo(root, src.Root), true
 	}
-	if r := p.rootOf[dev]; r != nil && contains(r.Root, root) {
+	if r := p.rootMnt; r != nil && r.Dev == dev && contains(r.Root, root) {
 		return p.handle[r], relTo(root, r.Root), true
 	}
 	return NoHandle, "", false
