@@ -211,6 +211,7 @@ $text"
 	if ! "${engine}_restore" "$mode"; then
 		cell="fails: $(firsterr "$crlog" 2>/dev/null | cut -c1-200)"
 		result[$k.completes]=$cell
+		result[$k.crlog]=$crlog
 		# The hook's error: from its own log, else from CRIU's (podman's
 		# conmon does not pass the environment on).
 		result[$k.mntv2err]=$(cat "$MNTV2_LOG" "$crlog" 2>/dev/null | grep -m1 'level=ERROR.*err=' | sed 's/.* err=//' || true)
@@ -360,6 +361,15 @@ for c in "$@"; do
 	done
 done
 
+cat <<'EOF'
+alone: CRIU alone (runc.conf without action-script); mntv2: CRIU + mntv2 as its action script.
++remount: the same with hack/runc/remount-hook.sh run first, which mounts again the host's
+  submounts of the volume sources that runc's restore unmounts (a runc bug), before CRIU looks.
++import: podman container restore --import of the --export archive, as a new container id.
+probes: the mounts a probe saw propagate (labels below); host mounts: those below the volume
+  sources compared with the checkpoint's; verify: mntv2 verify --images --tree after the restore.
+EOF
+
 # indent_diff A B SAME: the lines of diff A B, indented; SAME when none.
 indent_diff() {
 	local d
@@ -378,10 +388,10 @@ for c in "$@"; do
 		if [ "${result[$k.completes]}" != yes ]; then
 			echo "  $mode: restore ${result[$k.completes]}"
 			[ -z "${result[$k.mntv2err]:-}" ] || printf '    mntv2: %s\n' "${result[$k.mntv2err]}" | sed 's/\\n/\n      /g'
-			echo "    (CRIU's log: $w/rst-$mode/restore.log; mntv2's: $w/mntv2-$mode.log)"
+			echo "    (CRIU's log: ${result[$k.crlog]}; mntv2's: $w/mntv2-$mode.log, when the environment reached it)"
 			continue
 		fi
-		[ "${result[$k.probes]}" = "as before" ] || echo "  $mode: probes: before [$(paste -sd' ' "$w/probes-before.txt")] after [$(paste -sd' ' "$w/probes-$mode.txt")]"
+		[ "${result[$k.probes]}" = "as before" ] || echo "  $mode: probes ($(awk '{ printf "%s%s", n++ ? " " : "", $1 }' "$w/probes-before.txt")): before [$(paste -sd' ' "$w/probes-before.txt")] after [$(paste -sd' ' "$w/probes-$mode.txt")]"
 		[ "${result[$k.host]}" = same ] || echo "  $mode: host mounts below the volume sources: ${result[$k.hostdetail]}"
 	done
 	if [ -f "$w/after-alone.txt" ]; then
