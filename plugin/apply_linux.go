@@ -197,7 +197,7 @@ func ApplyLive(input []forest.NamespaceMounts, helpers []restore.HelperMount, ns
 		live[ns.ID] = ln
 	}
 	if plan == nil {
-		liveIn.HostPaths, liveIn.NoHost = restore.HostPaths(withHelpers, cfg.RootNS, live, host)
+		liveIn.HostPaths, liveIn.NoHost, liveIn.HostPeers = restore.HostPaths(withHelpers, cfg.RootNS, live, host)
 		if plan, err = restore.NewLivePlan(in); err != nil {
 			return nil, err
 		}

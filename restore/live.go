@@ -30,6 +30,9 @@ type LiveInput struct {
 	// one has none.
 	HostPaths map[MountRef]string
 	NoHost    map[MountRef]string
+	// HostPeers names the explicitly keyed external mounts whose host
+	// mount is still in the peer group they hold: they were its peers.
+	HostPeers map[MountRef]bool
 }
 
 // MountRef names a mount of a forest.
@@ -161,7 +164,7 @@ func LiveHelpers(f *forest.Forest) ([]HelperMount, error) {
 	}
 	var helpers []HelperMount
 	for _, gp := range order {
-		if hostPeers(gp) != nil || widestContaining(p.devMounts[gp.dev], gp.need) != nil {
+		if p.hostPeers(gp) != nil || widestContaining(p.devMounts[gp.dev], gp.need) != nil {
 			continue
 		}
 		var leaf *forest.Mount

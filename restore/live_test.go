@@ -185,7 +185,7 @@ func TestHostPathsByIdentity(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			f := externalForest(t, c.ext)
-			paths, why := HostPaths(f, 1, nil, c.host)
+			paths, why, _ := HostPaths(f, 1, nil, c.host)
 			if paths[ref] != c.path || !strings.Contains(why[ref], c.why) || (c.why == "") != (why[ref] == "") {
 				t.Errorf("path %q, why %q; want %q, %q", paths[ref], why[ref], c.path, c.why)
 			}

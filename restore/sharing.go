@@ -213,7 +213,7 @@ func (p *planner) planGroup(gp *groupPlan) error {
 			rep = m
 		}
 	}
-	if ext := hostPeers(gp); ext != nil {
+	if ext := p.hostPeers(gp); ext != nil {
 		// External sharing: the members are peers of the host group of
 		// the mount ext is bound from.
 		host, why := p.hostAnchor(ext, false)
