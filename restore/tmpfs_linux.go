@@ -113,10 +113,10 @@ type extraction struct {
 	budget  int64 // file bytes left
 	limit   int64 // the budget at the start
 	logical int64 // the sizes of sparse files so far, holes included
-	walked int   // path components resolved so far
-	dir    string
-	dirfd  int // the directory of the last entry, kept for the next
-	mask   int // the umask, -1 until read
+	walked  int   // path components resolved so far
+	dir     string
+	dirfd   int // the directory of the last entry, kept for the next
+	mask    int // the umask, -1 until read
 
 	// A new entry is owned by uid and gid, unless its directory is
 	// setgid: then it takes the directory's group (and a directory the
