@@ -22,6 +22,9 @@ type planner struct {
 	rootMnt *forest.Mount
 	src     map[*forest.Mount]source
 
+	// Host groups that cannot be joined (noHost).
+	noHosts []string
+
 	// Deleted roots made again, removed after the sharing.
 	deletedSeen  map[string]bool
 	deletedSteps []Step
