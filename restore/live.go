@@ -33,6 +33,10 @@ type LiveInput struct {
 	// HostPeers names the explicitly keyed external mounts whose host
 	// mount is still in the peer group they hold: they were its peers.
 	HostPeers map[MountRef]bool
+	// Kept, when set, are the mounts CRIU restored (Reduce): the plan
+	// makes the others (reduce and complete). Unset, CRIU restored every
+	// mount of the images, without sharing.
+	Kept map[MountRef]string
 }
 
 // MountRef names a mount of a forest.
@@ -66,6 +70,11 @@ func NewLivePlan(in Input) (*Plan, error) {
 		p.add(s)
 		p.plan.Helpers++
 	})
+	if in.Live.Kept != nil {
+		if err := p.complete(); err != nil {
+			return nil, err
+		}
+	}
 	if err := p.sharing(); err != nil {
 		return nil, err
 	}

@@ -48,6 +48,11 @@ func newPlanner(in Input) *planner {
 		deletedSeen: map[string]bool{}}
 	if in.Forest != nil && len(in.Forest.Namespaces) > 0 {
 		p.rootMnt = rootNamespace(in).Root
+		p.walk(func(m *forest.Mount) {
+			if m.External != "" {
+				p.extRoot[m.Dev] = append(p.extRoot[m.Dev], m)
+			}
+		})
 	}
 	return p
 }
@@ -69,11 +74,6 @@ func step(op Op) Step { return Step{Op: op, Handle: NoHandle, From: NoHandle, Pa
 func NewPlan(in Input) (*Plan, error) {
 	f := in.Forest
 	p := newPlanner(in)
-	p.walk(func(m *forest.Mount) {
-		if m.External != "" {
-			p.extRoot[m.Dev] = append(p.extRoot[m.Dev], m)
-		}
-	})
 	if err := p.resolveSources(); err != nil {
 		return nil, err
 	}
@@ -237,7 +237,7 @@ func (p *planner) deletedBind(m *forest.Mount) {
 	case fromNew:
 		from, sub = p.source[m.Dev], rel(m.Root)
 	default:
-		from, sub = p.handle[src.from], relTo(m.Root, src.from.Root)
+		from, sub = p.h(src.from), relTo(m.Root, src.from.Root)
 	}
 	h := p.newHandle(HandleInfo{NS: m.NS.ID, Mount: m.ID, What: m.Mountpoint})
 	p.handle[m] = h
