@@ -33,6 +33,12 @@ staticcheck:
 e2e: build
 	CRIU=$(CRIU) hack/e2e-criu.sh
 
+# CRIU's zdtm mount tests, CRIU alone and with mntv2, both CRIU modes; builds
+# CRIU 4.2 from ../shared/tools in ZDTM_DIR (default /var/tmp/mntv2-zdtm).
+.PHONY: zdtm
+zdtm: build
+	hack/zdtm.sh
+
 bench: build
 	hack/bench.sh
 

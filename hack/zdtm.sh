@@ -95,7 +95,7 @@ phase_end() {
 
 # --- 1. build dependencies --------------------------------------------------
 deps=(build-essential libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
-	python3-protobuf libnl-3-dev libnet-dev libcap-dev pkg-config libbsd-dev libgnutls28-dev
+	python3-protobuf libnl-3-dev libnet1-dev libcap-dev pkg-config libbsd-dev libgnutls28-dev
 	libnftables-dev uuid-dev libdrm-dev python3-yaml iproute2 e2fsprogs)
 missing=()
 for p in "${deps[@]}"; do
@@ -166,8 +166,9 @@ done
 # mnt_tracefs binds /sys/kernel/debug (tracefs under debugfs): mount
 # debugfs there in this private namespace when the host has none.
 for t in "${tests[@]}"; do
-	[ "$t" = mnt_tracefs ] && [ ! -e /sys/kernel/debug/tracing/README ] || continue
-	mount -t debugfs debugfs /sys/kernel/debug || die "cannot mount debugfs for mnt_tracefs"
+	if [ "$t" = mnt_tracefs ] && [ ! -e /sys/kernel/debug/tracing/README ]; then
+		mount -t debugfs debugfs /sys/kernel/debug || die "cannot mount debugfs for mnt_tracefs"
+	fi
 done
 
 export ZDTM_REAL_CRIU=$criu
@@ -213,7 +214,9 @@ run_zdtm() {
 	(cd "$src/test" && ZDTM_HOOK=$hook ZDTM_WRAPPER_LOG=$wlog ZDTM_MNTV2_LOGDIR=$mlog \
 		timeout --kill-after=30 "$timeout_s" "$PY" zdtm.py run "${targs[@]}" -f "$flavor" \
 		--keep-going --ignore-taint --keep-img always --report "$rep" --criu-bin "$wrapper" "${zopts[@]}") >"$out" 2>&1 || rc=$?
-	[ "$rc" != 124 ] && [ "$rc" != 137 ] || note "$id: zdtm timed out after $timeout_s s"
+	if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+		note "$id: zdtm timed out after $timeout_s s"
+	fi
 	took[$id]=$((SECONDS - t0))
 
 	local line name cell
