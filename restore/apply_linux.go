@@ -142,6 +142,8 @@ type applier struct {
 	fills   []*fill
 	premade map[Handle][]string // mountpointsIn
 	step    int                 // the step running
+	// The restorer's mounts by id (openHost), read once.
+	hostTree map[uint64]forest.Mount
 }
 
 type kind int8
@@ -517,7 +519,8 @@ func (a *applier) propagation(s Step, call string, flag uintptr) error {
 }
 
 // createNamespace runs on the namespace's worker: a new mount namespace,
-// all private, whose root becomes a private bind of the restore root.
+// all private, whose root becomes a private bind of the restore root, or
+// (s.From) the detached mount made for it.
 func (a *applier) createNamespace(s Step) error {
 	nsfd, err := a.unshareNewer()
 	if err != nil {
@@ -527,13 +530,22 @@ func (a *applier) createNamespace(s Step) error {
 	if err := a.sys("mount(MS_REC|MS_PRIVATE)", func() error { return unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, "") }); err != nil {
 		return err
 	}
-	root, err := a.sysFd("open_tree", func() (int, error) {
-		return unix.OpenTree(unix.AT_FDCWD, a.opt.Root, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
-	})
-	if err != nil {
-		return fmt.Errorf("restore root %s: %w", a.opt.Root, err)
+	var root int
+	if s.From != NoHandle {
+		// Its fd stays the handle's until it is replaced below.
+		root = a.fds[s.From]
+	} else {
+		root, err = a.sysFd("open_tree", func() (int, error) {
+			return unix.OpenTree(unix.AT_FDCWD, a.opt.Root, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+		})
+		if err != nil {
+			return fmt.Errorf("restore root %s: %w", a.opt.Root, err)
+		}
+		defer unix.Close(root)
 	}
-	defer unix.Close(root)
+	// The new root is stacked on the restore root's path in this copy of
+	// the namespace it was made from, entered, and pivoted to; the old
+	// tree is detached.
 	if err := a.sys("move_mount", func() error {
 		return unix.MoveMount(root, "", unix.AT_FDCWD, a.opt.Root, unix.MOVE_MOUNT_F_EMPTY_PATH)
 	}); err != nil {
@@ -554,6 +566,9 @@ func (a *applier) createNamespace(s Step) error {
 	fd, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return sysErr("open(/)", err)
+	}
+	if old := a.fds[s.Handle]; old >= 0 {
+		unix.Close(old)
 	}
 	a.fds[s.Handle] = fd
 	return nil

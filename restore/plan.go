@@ -94,7 +94,7 @@ func (s Step) String() string {
 	if s.Parent != NoHandle {
 		fmt.Fprintf(&b, " under=h%d", s.Parent)
 	}
-	if s.Op == OpAttach || s.Op == OpBind || s.Op == OpOpenExternal {
+	if s.Op == OpAttach || s.Op == OpBind || s.Op == OpOpenExternal || s.Op == OpOpenHost {
 		fmt.Fprintf(&b, " path=%q", s.Path)
 	}
 	if s.FSType != "" {
@@ -123,6 +123,9 @@ type Plan struct {
 	Handles    []HandleInfo `json:"handles"`
 	Steps      []Step       `json:"steps"`
 	Helpers    int          `json:"helpers"`
+	// Warnings are what the plan restores less exactly than the images
+	// say, and why (Input.HostLenient).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Input is everything the planner needs to know.
@@ -136,15 +139,18 @@ type Input struct {
 	// TmpfsContent says which superblocks (root_dev) have a
 	// tmpfs-dev-<dev>.tar.gz.img.
 	TmpfsContent map[uint32]bool
+	// RootNS is the mount namespace of the root task (pstree's first task):
+	// its root mount is the restore root. When the forest has no such
+	// namespace, the first one is.
+	RootNS uint32
 	// Live is set for a live plan (NewLivePlan).
 	Live *LiveInput
 	// Explain gives a live plan's steps their full reasons.
 	Explain bool
-}
-
-// Supported lists the filesystems mntv2 creates new instances of.
-var Supported = map[string]bool{
-	"tmpfs": true, "proc": true, "sysfs": true, "devpts": true, "mqueue": true, "cgroup2": true,
+	// HostLenient restores a group whose host group cannot be joined (its
+	// host mount is gone or in no group) among the images' mounts only,
+	// with a warning in the plan, instead of failing.
+	HostLenient bool
 }
 
 // UnsupportedError lists every mount that cannot be restored, before anything
@@ -154,5 +160,9 @@ type UnsupportedError struct {
 }
 
 func (e *UnsupportedError) Error() string {
-	return fmt.Sprintf("%d mounts cannot be restored: %s", len(e.Mounts), strings.Join(e.Mounts, "; "))
+	const shown = 10
+	if len(e.Mounts) <= shown {
+		return fmt.Sprintf("%d mounts cannot be restored: %s", len(e.Mounts), strings.Join(e.Mounts, "; "))
+	}
+	return fmt.Sprintf("%d mounts cannot be restored: %s; and %d more", len(e.Mounts), strings.Join(e.Mounts[:shown], "; "), len(e.Mounts)-shown)
 }
