@@ -33,7 +33,9 @@
 #        CRIU_SRC      CRIU 4.2 source tarball (default: ../shared/tools/criu-4.2/criu-4.2-src.tar.gz)
 #        ZDTM_DIR      build and run directory (default: /var/tmp/mntv2-zdtm)
 #        ZDTM_OUT      the results file (default: $ZDTM_DIR/results.txt)
-#        ZDTM_LOGS     logs of failing runs (default: $ZDTM_DIR/logs; emptied first)
+#        ZDTM_LOGS     logs (default: $ZDTM_DIR/logs; emptied first): zdtm's output per
+#                      invocation, the wrapper's log, mntv2's log of every hook run, and
+#                      CONFIG/FLAVOR/TEST/ (images, dump.log, restore.log) of failing runs
 #        ZDTM_FLAVORS  default "ns uns"
 #        ZDTM_CONFIGS  default "criu-v2 criu-compat mntv2-v2 mntv2-compat"
 #        ZDTM_TIMEOUT  seconds for one zdtm invocation (default 1200)
@@ -176,6 +178,8 @@ wrapper=$here/zdtm/criu-wrapper.sh
 declare -A res=()   # res[test|flavor|config] = pass FAIL skip -
 declare -A why=()   # why[test|flavor|config] = zdtm's skip reason
 declare -A failat=() # failat[test|flavor|config] = zdtm's "FAIL at ..." of a failing run
+declare -A did=()    # did[test|flavor|config] = r (mntv2 rewrote the images), v (only verified)
+warns=()
 harness_errors=0
 targs=()
 for t in "${tests[@]}"; do targs+=(-t "zdtm/static/$t"); done
@@ -292,7 +296,23 @@ run_zdtm() {
 			[ ! -f "$mlog/$t.log" ] || cp "$mlog/$t.log" "$keep/mntv2.log"
 			cp "$sect" "$keep/zdtm.out"
 		fi
+		# What mntv2 did: rewrote the images and made the sharing
+		# itself (r), or found no sharing and only verified (v);
+		# warnings are differences it found and did not abort for.
+		if [ -n "$hook" ] && [ -f "$mlog/$t.log" ]; then
+			if grep -q 'images rewritten without sharing' "$mlog/$t.log"; then
+				did[$t|$flavor|$config]=r
+			elif grep -q 'nothing to rewrite' "$mlog/$t.log"; then
+				did[$t|$flavor|$config]=v
+			fi
+			local w
+			w=$(grep -a 'level=WARN' "$mlog/$t.log" | grep -v 'no rewrite of the images was recorded' |
+				sed 's/^time=[^ ]* //' | cut -c1-400 | head -n3 || true)
+			[ -z "$w" ] || warns+=("$t $flavor $config ($cell): $w")
+		fi
 	done
+	mkdir -p "$ZDTM_LOGS/mntv2-log"
+	[ -z "$hook" ] || cp -a "$mlog" "$ZDTM_LOGS/mntv2-log/$id"
 	note "$id: $n tests ran in ${took[$id]} s (zdtm exit $rc)"
 	[ "$n" -gt 0 ] || {
 		note "$id: no test ran, see $out"
@@ -316,7 +336,7 @@ first_line() {
 	{ grep -a -E "$2" "$1" 2>/dev/null | grep -a -v -E 'RLIMIT_NOFILE|util.c:[0-9]+\): exited, status' |
 		head -n1 | cut -c1-400; } || true
 }
-declare -A npass=() nruns=() nfail=() nskip=()
+declare -A npass=() nruns=() nfail=() nskip=() ndid=()
 worse=()
 skips=()
 {
@@ -335,7 +355,9 @@ skips=()
 			any=
 			for config in criu-v2 criu-compat mntv2-v2 mntv2-compat; do
 				c=$(cell "$t" "$flavor" "$config")
-				row+=("$c")
+				d=${did[$t|$flavor|$config]:-}
+				row+=("$c${d:+/$d}")
+				[ -z "$d" ] || ndid[$config-$d]=$((${ndid[$config-$d]:-0} + 1))
 				[ "$c" = - ] && continue
 				any=1
 				nruns[$config]=$((${nruns[$config]:-0} + 1))
@@ -362,12 +384,21 @@ skips=()
 	echo
 	echo "pass: zdtm's checks passed; -: the test has no such flavor; (crfail): the test expects CRIU to"
 	echo "refuse it: pass = dump refused (restore never ran) or restored and checked, FAIL = restore failed"
+	echo "mntv2 cells: /r = mntv2 rewrote the images and restored the sharing itself, /v = the images"
+	echo "have no sharing: CRIU restored every mount and mntv2 only verified"
 	echo
 	for config in "${configs[@]}"; do
 		printf '%-13s pass %3d of %3d runs, FAIL %3d, skip %3d\n' "$config" "${npass[$config]:-0}" \
 			"${nruns[$config]:-0}" "${nfail[$config]:-0}" "${nskip[$config]:-0}"
 	done
+	for config in mntv2-v2 mntv2-compat; do
+		case " ${configs[*]} " in *" $config "*) ;; *) continue ;; esac
+		printf '%-13s mntv2 rewrote the images in %d restores, only verified in %d\n' "$config" \
+			"${ndid[$config-r]:-0}" "${ndid[$config-v]:-0}"
+	done
 	for s in "${skips[@]}"; do echo "skipped: $s"; done
+	echo "mntv2 warnings (differences it reported without aborting): ${#warns[@]} runs"
+	for w in "${warns[@]}"; do echo "  $w"; done
 	echo "CRIU + mntv2 worse than CRIU alone: ${#worse[@]} (test, flavor, mode)"
 	for w in "${worse[@]}"; do
 		IFS='|' read -r t flavor mode <<<"$w"
