@@ -416,7 +416,7 @@ skips=()
 		for config in "${configs[@]}"; do printf ', %s %d s' "$config-$flavor" "${took[$config-$flavor]}"; done
 	done
 	printf '; total %d s\n' $((SECONDS - start))
-	echo "logs of failing runs: $ZDTM_LOGS"
+	echo "logs: $ZDTM_LOGS (failing runs in CONFIG/FLAVOR/TEST/)"
 } >"$ZDTM_OUT"
 cat "$ZDTM_OUT"
 
