@@ -68,6 +68,7 @@ func FromImageMount(e *images.Mount) Mount {
 		PeerGroup: e.SharedID, Master: e.MasterID,
 		Unbindable: e.Flags&MSUnbindable != 0,
 		External:   e.ExtKey, Deleted: e.Deleted, InternalSharing: e.InternalSharing,
+		WithPlugin: e.WithPlugin,
 	}
 	if m.External == "" && e.ExtMount {
 		m.External = "(external)"
@@ -147,6 +148,7 @@ func ToImageMount(m *Mount) images.Mount {
 		FSType: m.FSCode, MntID: m.ID, RootDev: m.Dev, ParentMntID: m.ParentID, Flags: flags,
 		Root: m.Root, Mountpoint: m.Mountpoint, Source: m.Source, Options: m.Options,
 		SharedID: m.PeerGroup, MasterID: m.Master, Deleted: m.Deleted, InternalSharing: m.InternalSharing,
+		WithPlugin: m.WithPlugin,
 	}
 	if e.FSType == 0 && m.FSType != "" {
 		e.FSType = FSTypeCode(m.FSType)

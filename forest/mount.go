@@ -120,6 +120,9 @@ type Mount struct {
 	// peer group is the host's.
 	InternalSharing bool
 	Deleted         bool // the mount's root was unlinked
+	// WithPlugin: a CRIU plugin dumped the mount and restores it
+	// (with_plugin; criu/mount.c, the DUMP_EXT_MOUNT hook).
+	WithPlugin bool
 
 	// FSCode is CRIU's fstype enum value for image mounts, 0 for live ones.
 	FSCode uint32

@@ -245,13 +245,17 @@ func verifyNamespaces(original *forest.Forest, nsPaths map[uint32]string, cfg Co
 		return nil, fmt.Errorf("restored namespaces: %w", err)
 	}
 	diffs = forest.Compare(original, ff)
-	var fatal []string
+	var fatal, other []string
 	for _, d := range diffs {
 		if d.Kind == forest.KindSharing {
 			fatal = append(fatal, d.String())
-			continue
+		} else {
+			other = append(other, d.String())
 		}
-		log.Warn("post-restore: the restored mounts differ from the images where CRIU or the runtime decides (not aborting)", "difference", d.String())
+	}
+	if len(other) > 0 {
+		log.Warn(fmt.Sprintf("post-restore: the restored mounts differ from the images in %d ways that CRIU or the runtime decides (not aborting): %s",
+			len(other), strings.Join(other, "; ")))
 	}
 	if len(fatal) == 0 {
 		return diffs, nil

@@ -144,6 +144,8 @@ type applier struct {
 	step    int                 // the step running
 	// The restorer's mounts by id (openHost), read once.
 	hostTree map[uint64]forest.Mount
+	// Deleted roots made again (makeDeleted), until removed.
+	deleted []*remade
 }
 
 type kind int8
@@ -462,6 +464,11 @@ func (a *applier) do(s Step) error {
 	case OpFillTmpfs:
 		return a.fillTmpfs(s)
 	case OpOpenExternal:
+		if s.Deleted {
+			if err := a.makeDeleted(s); err != nil {
+				return err
+			}
+		}
 		fd, err := a.sysFd("open_tree", func() (int, error) {
 			return unix.OpenTree(unix.AT_FDCWD, s.Path, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
 		})
@@ -491,6 +498,8 @@ func (a *applier) do(s Step) error {
 		return a.sys("mount_setattr", func() error {
 			return unix.MountSetattr(a.fds[s.Handle], "", unix.AT_EMPTY_PATH, attr)
 		})
+	case OpRemoveDeleted:
+		return a.removeDeleted(s)
 	case OpDrop:
 		if err := a.waitDone(a.fillFor(s.Handle)); err != nil {
 			return err
@@ -699,6 +708,11 @@ func (a *applier) fillTmpfs(s Step) error {
 func (a *applier) bind(s Step) error {
 	if s.Path != "" {
 		if err := a.waitCreated(a.fillFor(s.From)); err != nil {
+			return err
+		}
+	}
+	if s.Deleted {
+		if err := a.makeDeleted(s); err != nil {
 			return err
 		}
 	}
@@ -994,6 +1008,11 @@ func (a *applier) pin(s Step) error {
 // mountpoints, then the mountpoints mntv2 created.
 func (a *applier) rollback() {
 	a.stopFills()
+	for i := len(a.deleted) - 1; i >= 0; i-- {
+		if err := a.deleted[i].remove(); err != nil {
+			a.opt.Log.Warn("rollback: cannot remove a deleted root mntv2 made again", "path", a.deleted[i].path, "err", err)
+		}
+	}
 	for i := len(a.pins) - 1; i >= 0; i-- {
 		p := filepath.Join(a.opt.PinDir, a.pins[i])
 		_ = unix.Unmount(p, unix.MNT_DETACH)
@@ -1033,6 +1052,10 @@ func (a *applier) rollback() {
 // release closes every fd and ends every worker, after success or rollback.
 func (a *applier) release() {
 	a.stopFills() // before any fd it writes through is closed
+	for _, d := range a.deleted {
+		d.close()
+	}
+	a.deleted = nil
 	if a.dirCache.fd >= 0 {
 		unix.Close(a.dirCache.fd)
 		a.dirCache.fd = -1

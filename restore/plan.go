@@ -31,6 +31,7 @@ const (
 	OpMakeShared      Op = "make-shared"      // MS_SHARED
 	OpMakeUnbindable  Op = "make-unbindable"  // MS_UNBINDABLE
 	OpSetFlags        Op = "set-flags"        // mount_setattr: the per-mount flags, inside the namespace
+	OpRemoveDeleted   Op = "remove-deleted"   // remove the root made again for a deleted-root bind, once the sharing is done
 	OpDrop            Op = "drop"             // close a handle that is no mount of the result (a source or helper)
 	OpPin             Op = "pin"              // keep the namespace alive as PIN/mntns-<ID>
 
@@ -73,6 +74,13 @@ type Step struct {
 	// created there must be removed again on rollback.
 	Persistent bool `json:"persistent,omitempty"`
 
+	// Deleted (bind): the mount's root was deleted; it is made again at
+	// Path in From (a directory, or a file when the mountpoint, Target in
+	// Parent, is one), bound, and removed after the sharing, as CRIU does
+	// (criu/mount-v2.c do_bind_mount_v2, remove_source_of_deleted_mount).
+	Deleted bool   `json:"deleted,omitempty"`
+	Target  string `json:"target,omitempty"`
+
 	Why string `json:"why"`
 }
 
@@ -94,8 +102,11 @@ func (s Step) String() string {
 	if s.Parent != NoHandle {
 		fmt.Fprintf(&b, " under=h%d", s.Parent)
 	}
-	if s.Op == OpAttach || s.Op == OpBind || s.Op == OpOpenExternal || s.Op == OpOpenHost {
+	if s.Op == OpAttach || s.Op == OpBind || s.Op == OpOpenExternal || s.Op == OpOpenHost || s.Op == OpRemoveDeleted {
 		fmt.Fprintf(&b, " path=%q", s.Path)
+	}
+	if s.Deleted {
+		fmt.Fprintf(&b, " deleted target=%q", s.Target)
 	}
 	if s.FSType != "" {
 		fmt.Fprintf(&b, " %s source=%q options=%q", s.FSType, s.Source, s.Options)

@@ -22,6 +22,13 @@ type planner struct {
 	rootMnt *forest.Mount
 	src     map[*forest.Mount]source
 
+	// Host groups that cannot be joined (noHost).
+	noHosts []string
+
+	// Deleted roots made again, removed after the sharing.
+	deletedSeen  map[string]bool
+	deletedSteps []Step
+
 	// Sharing phase and live plans.
 	groups     map[uint32]*groupPlan
 	devMounts  map[uint32][]*forest.Mount // live: superblock -> its mounts
@@ -37,7 +44,8 @@ func newPlanner(in Input) *planner {
 	plan := &Plan{Steps: make([]Step, 0, 4*n+16), Handles: make([]HandleInfo, 0, n+16)}
 	p := &planner{in: in, plan: plan, handle: make(map[*forest.Mount]Handle, n),
 		source: map[uint32]Handle{}, extRoot: map[uint32][]*forest.Mount{},
-		born: map[uint32]*forest.Mount{}, devMounts: map[uint32][]*forest.Mount{}, hostByPath: map[string]Handle{}}
+		born: map[uint32]*forest.Mount{}, devMounts: map[uint32][]*forest.Mount{}, hostByPath: map[string]Handle{},
+		deletedSeen: map[string]bool{}}
 	if in.Forest != nil && len(in.Forest.Namespaces) > 0 {
 		p.rootMnt = rootNamespace(in).Root
 	}
@@ -111,6 +119,7 @@ func NewPlan(in Input) (*Plan, error) {
 	if err := p.hostMasters(); err != nil {
 		return nil, err
 	}
+	p.plan.Steps = append(p.plan.Steps, p.deletedSteps...)
 	p.finish()
 	return p.plan, nil
 }
@@ -147,12 +156,18 @@ func relTo(p, dir string) string {
 // createMounts plans every mount as a detached, private mount, superblock
 // by superblock: external mounts are cloned from the host; a mount of the
 // restore root, or of an external mount's superblock, is a bind of it; the
-// others are binds of a new superblock, filled with its tmpfs content.
+// others are binds of a new superblock, filled with its tmpfs content. A
+// mount whose root was deleted comes last (see deletedBind).
 func (p *planner) createMounts() error {
 	order, bySB := p.bySuperblock(func(*forest.Mount) bool { return true })
+	var deleted []*forest.Mount
 	for _, dev := range order {
 		var fresh []*forest.Mount
 		for _, m := range p.extRoot[dev] {
+			if m.Deleted {
+				deleted = append(deleted, m)
+				continue
+			}
 			hostPath, _ := p.externalPath(m)
 			h := p.newHandle(HandleInfo{NS: m.NS.ID, Mount: m.ID, What: "external " + m.Mountpoint})
 			p.handle[m] = h
@@ -162,24 +177,28 @@ func (p *planner) createMounts() error {
 			p.add(s)
 		}
 		for _, m := range bySB[dev] {
-			switch src := p.src[m]; src.kind {
-			case fromRestoreRoot:
+			src := p.src[m]
+			switch {
+			case src.kind == fromHost:
+			case m.Deleted:
+				deleted = append(deleted, m)
+				if src.kind == fromNew {
+					p.sourceHandle(dev, bySB[dev])
+				}
+			case src.kind == fromRestoreRoot:
 				// Bound inside the root namespace: the kernel clones only
 				// mounts of the caller's namespace.
 				p.bind(m, p.handle[src.from], relTo(m.Root, src.from.Root), "a bind of the restore root at "+m.Root)
-			case fromExternal:
+			case src.kind == fromExternal:
 				p.bind(m, p.handle[src.from], relTo(m.Root, src.from.Root), "a mount of an external superblock, bound from "+src.from.Mountpoint)
-			case fromNew:
+			case src.kind == fromNew:
 				fresh = append(fresh, m)
 			}
 		}
 		if len(fresh) == 0 {
 			continue
 		}
-		src, ok := p.source[dev]
-		if !ok {
-			src = p.newSuperblock(fresh)
-		}
+		src := p.sourceHandle(dev, fresh)
 		for _, m := range fresh {
 			if rep := p.born[m.PeerGroup]; rep != nil {
 				p.bindPeer(m, rep, src)
@@ -188,7 +207,55 @@ func (p *planner) createMounts() error {
 			}
 		}
 	}
+	for _, m := range deleted {
+		p.deletedBind(m)
+	}
 	return nil
+}
+
+// sourceHandle is the new superblock of dev, planned the first time.
+func (p *planner) sourceHandle(dev uint32, mounts []*forest.Mount) Handle {
+	if h, ok := p.source[dev]; ok {
+		return h
+	}
+	return p.newSuperblock(mounts)
+}
+
+// deletedBind plans a bind of a mount whose root was deleted: the root is
+// made again in its source, bound, and removed once the sharing is done
+// (removeDeleted), so that the mount shows its root deleted again. Every
+// other mount is made by then, its parent included: whether the root is a
+// directory or a file is read from its mountpoint, as CRIU does.
+func (p *planner) deletedBind(m *forest.Mount) {
+	from, sub, op := NoHandle, "", OpBind
+	switch src := p.src[m]; src.kind {
+	case fromHost:
+		// CRIU makes it again at the host path (criu/mount-v2.c
+		// do_bind_mount_v2).
+		sub, _ = p.externalPath(m)
+		op = OpOpenExternal
+	case fromNew:
+		from, sub = p.source[m.Dev], rel(m.Root)
+	default:
+		from, sub = p.handle[src.from], relTo(m.Root, src.from.Root)
+	}
+	h := p.newHandle(HandleInfo{NS: m.NS.ID, Mount: m.ID, What: m.Mountpoint})
+	p.handle[m] = h
+	s := step(op)
+	s.NS, s.Mount, s.Handle, s.From, s.Path, s.Deleted = m.NS.ID, m.ID, h, from, sub, true
+	if m.Parent != nil {
+		s.Parent, s.Target = p.handle[m.Parent], relTo(m.Mountpoint, m.Parent.Mountpoint)
+	}
+	s.Why = "its root " + m.Root + " was deleted: made again, bound, removed after the sharing"
+	p.add(s)
+	key := fmt.Sprintf("%d\x00%s", from, sub)
+	if !p.deletedSeen[key] {
+		p.deletedSeen[key] = true
+		r := step(OpRemoveDeleted)
+		r.From, r.Path, r.NS, r.Mount = from, sub, m.NS.ID, m.ID
+		r.Why = "the deleted root of mount " + u32(m.ID) + " is deleted again"
+		p.deletedSteps = append(p.deletedSteps, r)
+	}
 }
 
 // newSuperblock plans a new instance of the filesystem of mounts (one

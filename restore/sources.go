@@ -104,8 +104,8 @@ func (p *planner) sourceOf(m *forest.Mount) (source, string) {
 		}
 		return source{kind: fromHost}, ""
 	}
-	if m.Deleted {
-		return source{}, fmt.Sprintf("deleted root %q is not supported yet (CRIU makes the root again in its source, binds it and removes it after the sharing)", m.Root)
+	if m.WithPlugin {
+		return source{}, "a CRIU plugin dumped this mount and only it can restore it (with_plugin): restore with CRIU and the mntv2 hook"
 	}
 	r := p.rootMnt
 	if m.Dev == r.Dev && contains(r.Root, m.Root) {

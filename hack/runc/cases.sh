@@ -107,4 +107,17 @@ case_overlay_probes() {
 	case_rshared_probes
 }
 
-all_cases="plain overlay rslave rshared rshared-slave-root shared-root"
+# rslave-late: rootfsPropagation rslave and a host directory bound rslave,
+# with nothing mounted below it until the container is restored (so runc's
+# restore destroys no host mount): the probes, run after every restore,
+# mount on the host below the source and look for it in the restored
+# container (host->ct after the restore), and mount in the container (which
+# must not reach the host).
+case_rslave_late_setup() {
+	make_source "$hs"
+	ROOTFS=dir VOLUMES="[$(vol_tmpfs),$(vol_bind /vol/slave "$hs" rslave)]" ROOTPROP=rslave SYSADMIN=1 CONF=$conf_external
+}
+case_rslave_late_started() { :; }
+case_rslave_late_probes() { case_rslave_probes; }
+
+all_cases="plain overlay rslave rshared rshared-slave-root shared-root rslave-late"

@@ -123,6 +123,16 @@ write_conf() {
 }
 remove_conf() { rm -f /etc/criu/runc.conf; }
 
+# write_hook_conf TEXT: /etc/mntv2/criu-hook.conf, mntv2's settings where
+# its environment cannot be set (podman's conmon passes none on); the
+# environment's settings win over it. remove_hook_conf: none at all.
+write_hook_conf() {
+	mkdir -p /etc/mntv2
+	printf '%s\n' "$1" >/etc/mntv2/criu-hook.conf.mntv2-e2e
+	mv /etc/mntv2/criu-hook.conf.mntv2-e2e /etc/mntv2/criu-hook.conf
+}
+remove_hook_conf() { rm -f /etc/mntv2/criu-hook.conf; }
+
 # mounted_in PID PATH: is PATH a mountpoint in PID's mount namespace (as
 # PID's root sees it)?
 mounted_in() { awk -v p="$2" '$5 == p { f = 1 } END { exit !f }' "/proc/$1/mountinfo"; }
@@ -202,4 +212,57 @@ sharing_of() {
 			for (i = NF; i > 2 && $i ~ /^(shared:|master:|unbindable|private$)/; i--) p = $i " " p
 			print $2, p
 		}' "$1"
+}
+
+# cmp3 BEFORE REF HOOK DETAIL: compares two restores' texts (canonical
+# `mntv2 show`, or sharing_of's) with the capture, line by line, each line
+# keyed by what it describes (a namespace header, a mount by its mountpoint
+# and how many mounts are stacked there, the group count, a group by its
+# number). Prints "BETTER OTHER WORSE": the lines where HOOK differs from
+# REF and is the capture's (better), where both differ from the capture
+# (other), where REF is the capture's and HOOK is not (worse); DETAIL gets
+# a "KEY: before | ref | hook" line for each worse one.
+cmp3() {
+	awk -v detail="$4" '
+		FNR == 1 { fi++; ns = "" }
+		{
+			line = $0
+			if (match(line, /^mount namespace [0-9]+/)) ns = k = substr(line, RSTART, RLENGTH)
+			else if (line ~ /^sharing groups:/) k = ns " groups"
+			else if (match(line, /^ *group [0-9]+/)) {
+				g = substr(line, RSTART, RLENGTH)
+				sub(/^ +/, "", g)
+				k = ns " " g
+			}
+			else {
+				split(line, f, " ")
+				k = ns " " (f[1] ~ /^[0-9]+$/ ? f[2] : f[1])
+				k = k "#" (++seen[fi, k])
+			}
+			sub(/^ +/, "", k)
+			if (!(k in keys)) { keys[k] = 1; order[++n] = k }
+			has[fi, k] = 1
+			val[fi, k] = line
+		}
+		END {
+			for (i = 1; i <= n; i++) {
+				k = order[i]
+				b = has[1, k] ? val[1, k] : "(none)"
+				a = has[2, k] ? val[2, k] : "(none)"
+				h = has[3, k] ? val[3, k] : "(none)"
+				if (a == h) continue
+				if (h == b) better++
+				else if (a == b) { worse++; printf "%s: %s | %s | %s\n", k, b, a, h > detail }
+				else other++
+			}
+			printf "%d %d %d\n", better, other, worse
+		}' "$1" "$2" "$3"
+	[ -e "$4" ] || : >"$4"
+}
+
+# probes_worse BEFORE REF HOOK: the labels of the probes whose REF result is
+# the capture's and whose HOOK result is not.
+probes_worse() {
+	awk 'FNR == 1 { fi++ } { v[fi, $1] = $2; if (fi == 1) order[++n] = $1 }
+		END { for (i = 1; i <= n; i++) { l = order[i]; if (v[2, l] == v[1, l] && v[3, l] != v[1, l]) printf "%s%s", c++ ? " " : "", l } }' "$1" "$2" "$3"
 }

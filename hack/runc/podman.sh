@@ -10,7 +10,8 @@
 # is the busybox base, imported (no registry). Modes: alone and mntv2
 # restore in place (podman container restore --keep), alone+import and
 # mntv2+import from the archive of `podman container checkpoint --export`
-# (podman container restore --import), after the container is removed.
+# (podman container restore --import), after the container is removed;
+# mntv2+lenient (mntv2+import+lenient) restores like mntv2 (mntv2+import).
 
 podman_image=localhost/mntv2-e2e:busybox
 
@@ -57,7 +58,7 @@ podman_checkpoint() {
 podman_restore() {
 	local u args=(container restore --keep)
 	case $1 in
-	*+import)
+	*+import*)
 		run_podman rm -f -t 0 "$name" >/dev/null 2>&1 || true
 		# A name makes podman give the copy a new id, and so new host
 		# paths for its /etc/hosts, /etc/hostname and /run/.containerenv,
@@ -87,7 +88,7 @@ podman_images() {
 
 podman_delete() {
 	case $1 in
-	alone | mntv2) run_podman stop -t 0 "$name" >/dev/null 2>&1 || true ;;
+	alone | mntv2 | mntv2+lenient) run_podman stop -t 0 "$name" >/dev/null 2>&1 || true ;;
 	*) run_podman rm -f -t 0 "$name" >/dev/null 2>&1 || true ;;
 	esac
 }
