@@ -40,6 +40,12 @@ e2e: build
 e2e-runc: build
 	CRIU=$(CRIU) hack/e2e-runc.sh
 
+# CRIU's zdtm mount tests, CRIU alone and with mntv2, both CRIU modes; builds
+# CRIU 4.2 from ../shared/tools in ZDTM_DIR (default /var/tmp/mntv2-zdtm).
+.PHONY: zdtm
+zdtm: build
+	hack/zdtm.sh
+
 bench: build
 	hack/bench.sh
 
