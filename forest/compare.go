@@ -28,7 +28,8 @@ const (
 type Difference struct {
 	Kind       Kind   `json:"kind"`
 	NS         uint32 `json:"ns"`
-	Mountpoint string `json:"mountpoint"` // the mount, as Mount.Describe gives it
+	Mount      uint32 `json:"mount,omitempty"` // the expected mount's id, 0 for an unexpected one or a namespace
+	Mountpoint string `json:"mountpoint"`      // the mount, as Mount.Describe gives it
 	What       string `json:"what"`       // "missing mount", "root path", "peer group", ...
 	Expected   string `json:"expected"`
 	Found      string `json:"found"`
@@ -87,6 +88,7 @@ func (c *comparison) add(k Kind, ns uint32, where, what, exp, fnd string) {
 // addAt reports a difference at mount m.
 func (c *comparison) addAt(k Kind, m *Mount, what, exp, fnd string) {
 	c.add(k, m.NS.ID, m.Describe(), what, exp, fnd)
+	c.diffs[len(c.diffs)-1].Mount = m.ID
 }
 
 func (c *comparison) namespace(ens, fns *Namespace) {
@@ -101,7 +103,7 @@ func (c *comparison) namespace(ens, fns *Namespace) {
 	}
 	for _, f := range m.Extra {
 		if !NeverInImages(f) {
-			c.addAt(KindTree, f, "unexpected mount", "nothing mounted there", describeMount(f))
+			c.add(KindTree, f.NS.ID, f.Describe(), "unexpected mount", "nothing mounted there", describeMount(f))
 		}
 	}
 }

@@ -290,6 +290,28 @@ func (img *Image) StripSharing() (*Image, int, error) {
 	return out, changed, nil
 }
 
+// KeepMounts returns a copy of a mountpoints image with only the mounts
+// whose ids keep holds, without sharing (as StripSharing): what CRIU is
+// left to restore when mntv2 makes the rest. It returns the number of
+// records dropped.
+func (img *Image) KeepMounts(keep map[uint32]bool) (*Image, int, error) {
+	stripped, _, err := img.StripSharing()
+	if err != nil {
+		return nil, 0, err
+	}
+	out := &Image{File: img.File, Type: img.Type}
+	var e mnt.MntEntry
+	for i, rec := range stripped.Records {
+		if err := decodeRecord(stripped, i, &e); err != nil {
+			return nil, 0, err
+		}
+		if keep[e.GetMntId()] {
+			out.Records = append(out.Records, rec)
+		}
+	}
+	return out, len(img.Records) - len(out.Records), nil
+}
+
 // MS_SHARED and MS_SLAVE from <linux/mount.h>; kept here so this file has no
 // platform dependency.
 const (

@@ -18,12 +18,47 @@ import (
 // original image namespaces and the pins.
 func restoreStripped(t *testing.T, fixture string) ([]forest.NamespaceMounts, map[uint32]string) {
 	t.Helper()
+	input, paths, _ := restoreAs(t, fixture, nil)
+	return input, paths
+}
+
+// restoreReduced restores only the mounts restore.Reduce leaves to CRIU
+// (as if no record named a mount), without sharing, as CRIU does after a
+// reducing pre-restore; it also returns the kept set.
+func restoreReduced(t *testing.T, fixture string) ([]forest.NamespaceMounts, map[uint32]string, map[restore.MountRef]string) {
+	t.Helper()
+	d := openDir(t, filepath.Join(fixtures, fixture, "images"))
+	f, err := forest.FromImages(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootNS, _, _ := d.RootMountNamespace()
+	red := restore.Reduce(f, rootNS, nil, nil)
+	if red.Dropped == 0 {
+		t.Fatalf("%s: Reduce leaves every mount to CRIU", fixture)
+	}
+	return restoreAs(t, fixture, red.Kept)
+}
+
+func restoreAs(t *testing.T, fixture string, kept map[restore.MountRef]string) ([]forest.NamespaceMounts, map[uint32]string, map[restore.MountRef]string) {
+	t.Helper()
 	d := openDir(t, filepath.Join(fixtures, fixture, "images"))
 	input, err := forest.ImageNamespaces(d)
 	if err != nil {
 		t.Fatal(err)
 	}
 	stripped := forest.WithoutSharing(input)
+	if kept != nil {
+		for i := range stripped {
+			var ms []forest.Mount
+			for _, m := range stripped[i].Mounts {
+				if _, ok := kept[restore.MountRef{NS: stripped[i].ID, Mount: m.ID}]; ok {
+					ms = append(ms, m)
+				}
+			}
+			stripped[i].Mounts = ms
+		}
+	}
 	f, err := forest.Build(stripped)
 	if err != nil {
 		t.Fatal(err)
@@ -54,7 +89,7 @@ func restoreStripped(t *testing.T, fixture string) ([]forest.NamespaceMounts, ma
 	for _, ns := range input {
 		paths[ns.ID] = filepath.Join(pins, restore.PinName(ns.ID))
 	}
-	return input, paths
+	return input, paths, kept
 }
 
 func mountTable(t *testing.T, paths map[uint32]string) string {
@@ -83,12 +118,39 @@ func TestApplyLiveFixtures(t *testing.T) {
 		"05-overmounts", "06-nested-mntns-peers", "07-propagation-storm"} {
 		t.Run(fixture, func(t *testing.T) {
 			input, paths := restoreStripped(t, fixture)
-			rep, err := ApplyLive(input, nil, paths, Config{})
+			rep, err := restore.ApplyLive(input, paths, restore.LiveOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if rep.Namespaces != len(input) || rep.Mounts == 0 {
+			if rep.Namespaces != len(input) || rep.Mounts == 0 || len(rep.Differences) > 0 {
 				t.Errorf("report %+v", rep)
+			}
+		})
+	}
+}
+
+// Reduce and complete: CRIU restored only the mounts it must (namespace
+// roots, proc, and what they need); post-restore makes the rest, tmpfs
+// content included, and the sharing of all: every fixture comes back
+// identical to its images.
+func TestApplyLiveReduced(t *testing.T) {
+	if !testns.Isolate(t) {
+		return
+	}
+	for _, fixture := range []string{"01-seed-reverse-order", "02-peers-no-common-root", "03-slaves-of-subdirs",
+		"04-content-ro-file-unbindable", "05-overmounts", "06-nested-mntns-peers", "07-propagation-storm"} {
+		t.Run(fixture, func(t *testing.T) {
+			input, paths, kept := restoreReduced(t, fixture)
+			d := openDir(t, filepath.Join(fixtures, fixture, "images"))
+			rep, err := restore.ApplyLive(input, paths, restore.LiveOptions{Kept: kept, Images: d})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, diff := range rep.Differences {
+				t.Error(diff)
+			}
+			if rep.Created == 0 || rep.Created+len(kept) != rep.Mounts {
+				t.Errorf("made %d mounts, %d kept, of %d", rep.Created, len(kept), rep.Mounts)
 			}
 		})
 	}
@@ -104,7 +166,7 @@ func TestApplyLiveFailure(t *testing.T) {
 		input, paths := restoreStripped(t, "01-seed-reverse-order")
 		before := mountTable(t, paths)
 		fds := testns.OpenFDs(t)
-		_, err := ApplyLive(input, nil, paths, Config{FailSyscall: n})
+		_, err := restore.ApplyLive(input, paths, restore.LiveOptions{FailSyscall: n})
 		if err == nil {
 			if n < 3 {
 				t.Fatalf("only %d syscalls", n)

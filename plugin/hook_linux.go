@@ -28,6 +28,7 @@ const (
 	EnvDisable     = "MNTV2_DISABLE"      // 1: every action exits 0 at once
 	EnvFailSyscall = "MNTV2_FAIL_SYSCALL" // N: fail the N-th mount syscall of post-restore (tests)
 	EnvReport      = "MNTV2_REPORT"       // FILE: post-restore writes what it did and found there (JSON)
+	EnvReduce      = "MNTV2_REDUCE"       // 0: CRIU restores every mount (strip and reapply); default 1: reduce and complete
 )
 
 // ConfigFile holds MNTV2_* settings as KEY=VALUE lines, for CRIU runs whose
@@ -75,6 +76,13 @@ func LoadSettings(getenv func(string) string) (Settings, error) {
 		}
 	}
 	s.Lenient = get(EnvLenient) == "1"
+	switch v := get(EnvReduce); v {
+	case "", "1":
+	case "0":
+		s.Strip = true
+	default:
+		return s, fmt.Errorf("%s=%q: want 0 or 1", EnvReduce, v)
+	}
 	s.Disabled = get(EnvDisable) == "1"
 	if v := get(EnvFailSyscall); v != "" {
 		n, err := strconv.Atoi(v)
@@ -153,17 +161,29 @@ func PreRestore(d *images.Dir, owner int, s Settings) error {
 	if err := StartWatcher(d, owner, token, s.LogFile); err != nil {
 		return fmt.Errorf("pre-restore: start the watcher that keeps the images safe: %w", err)
 	}
-	man, err := Strip(d, owner, token, pauseAt(os.Getenv("MNTV2_TEST_PAUSE"), log))
+	opt := RewriteOptions{Mode: ModeReduce, Fail: pauseAt(os.Getenv("MNTV2_TEST_PAUSE"), log), Reason: new(string)}
+	if s.Strip {
+		opt.Mode = ModeStrip
+	}
+	man, err := Rewrite(d, owner, token, opt)
 	if err != nil {
 		return fmt.Errorf("pre-restore: images %s: %w", d.Path(), err)
 	}
+	if *opt.Reason != "" {
+		log.Info("pre-restore: CRIU restores every mount (strip and reapply): " + *opt.Reason)
+	}
 	if man == nil {
-		log.Info("pre-restore: no mount of the images has sharing; nothing to rewrite")
+		log.Info("pre-restore: no mount of the images has sharing, and none can be left to mntv2; nothing to rewrite")
 		return nil
 	}
 	var names []string
 	for _, f := range man.Files {
 		names = append(names, f.Name)
+	}
+	if man.Mode == ModeReduce {
+		log.Info("pre-restore: images rewritten: CRIU restores the mounts it must, without sharing; mntv2 makes the rest at post-restore",
+			"files", strings.Join(names, ","), "kept", len(man.Kept), "originals", backupPrefix+"*", "watching", owner)
+		return nil
 	}
 	log.Info("pre-restore: images rewritten without sharing", "files", strings.Join(names, ","),
 		"helpers", len(man.Helpers), "originals", backupPrefix+"*", "watching", owner)

@@ -21,6 +21,7 @@ package plugin
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -55,6 +56,37 @@ type Manifest struct {
 	Files []FileRecord `json:"files"`
 	// Helpers are the mounts added to the rewritten images.
 	Helpers []restore.HelperMount `json:"helpers,omitempty"`
+	// Mode is how the images were rewritten: "strip" (every mount, no
+	// sharing; also when empty) or "reduce" (Kept only, no sharing:
+	// post-restore makes the rest).
+	Mode string `json:"mode,omitempty"`
+	// Kept are the mounts left to CRIU in reduce mode, and why.
+	Kept []KeptMount `json:"kept,omitempty"`
+}
+
+// KeptMount is a mount left to CRIU in reduce mode.
+type KeptMount struct {
+	restore.MountRef
+	Why string `json:"why"`
+}
+
+// The rewrite modes.
+const (
+	ModeStrip  = "strip"
+	ModeReduce = "reduce"
+)
+
+// KeptSet is the manifest's kept mounts, as a live plan takes them; nil
+// in strip mode.
+func (m *Manifest) KeptSet() map[restore.MountRef]string {
+	if m == nil || m.Mode != ModeReduce {
+		return nil
+	}
+	out := make(map[restore.MountRef]string, len(m.Kept))
+	for _, k := range m.Kept {
+		out[k.MountRef] = k.Why
+	}
+	return out
 }
 
 // FileRecord is one rewritten image and the digest of its original bytes.
@@ -75,8 +107,36 @@ var ErrReadOnly = errors.New("images directory is not writable: mntv2 must rewri
 // it by that. fail, when set, runs before each write (tests use it to stop
 // the rewrite there, as a crash would).
 func Strip(d *images.Dir, owner int, token string, fail func(step string) error) (*Manifest, error) {
+	return Rewrite(d, owner, token, RewriteOptions{Mode: ModeStrip, Fail: fail})
+}
+
+// RewriteOptions say how Rewrite rewrites.
+type RewriteOptions struct {
+	// Mode is ModeStrip or ModeReduce. In reduce mode CRIU is left the
+	// mounts it must restore itself (restore.Reduce); when the images may
+	// name mounts mntv2 cannot tell (images.MountRefs.KeepAll), or nothing
+	// can be left out, it strips instead and says why in Reason.
+	Mode string
+	// Fail, when set, runs before each write (tests stop the rewrite
+	// there, as a crash would).
+	Fail func(step string) error
+	// Reason receives why a reduce was a strip.
+	Reason *string
+}
+
+// Rewrite rewrites the mountpoints images of d for the CRIU process owner,
+// keeping the originals: without sharing, and in reduce mode with only the
+// mounts CRIU must restore. It first recovers any earlier rewrite, so
+// running it twice, or after a crash, starts from the originals. It returns
+// nil when no image needs a change.
+func Rewrite(d *images.Dir, owner int, token string, opt RewriteOptions) (*Manifest, error) {
+	fail := opt.Fail
 	if fail == nil {
 		fail = func(string) error { return nil }
+	}
+	reason := opt.Reason
+	if reason == nil {
+		reason = new(string)
 	}
 	if _, err := Recover(d); err != nil {
 		return nil, err
@@ -111,29 +171,45 @@ func Strip(d *images.Dir, owner int, token string, fail func(step string) error)
 	if err != nil {
 		return nil, fmt.Errorf("images %s: %w", d.Path(), err)
 	}
-	helpers, err := restore.LiveHelpers(f)
-	if err != nil {
-		return nil, err
-	}
-	byNS := map[uint32][]images.Mount{}
-	for _, h := range helpers {
-		byNS[h.NS] = append(byNS[h.NS], forest.ToImageMount(&h.Mount))
-	}
 	if token == "" {
 		token = NewToken()
 	}
-	man := &Manifest{Version: 1, Token: token, Owner: owner, Helpers: helpers}
+	man := &Manifest{Version: 1, Token: token, Owner: owner, Mode: ModeStrip}
+	var keep map[uint32]bool
+	if opt.Mode == ModeReduce {
+		var err error
+		if keep, *reason, err = reduce(d, f, man); err != nil {
+			return nil, err
+		}
+	}
+	byNS := map[uint32][]images.Mount{}
+	if keep == nil {
+		helpers, err := restore.LiveHelpers(f)
+		if err != nil {
+			return nil, err
+		}
+		for _, h := range helpers {
+			byNS[h.NS] = append(byNS[h.NS], forest.ToImageMount(&h.Mount))
+		}
+		man.Helpers = helpers
+	}
 	rewritten := map[string][]byte{}
 	for i, id := range ids {
 		name := images.MountpointsFile(id)
-		out, changed, err := imgs[i].StripSharing()
+		var out *images.Image
+		var err error
+		if keep != nil {
+			out, _, err = imgs[i].KeepMounts(keep)
+		} else {
+			out, _, err = imgs[i].StripSharing()
+		}
 		if err != nil {
 			return nil, err
 		}
 		if err := out.AppendMounts(byNS[id]); err != nil {
 			return nil, err
 		}
-		if changed == 0 && len(byNS[id]) == 0 {
+		if bytes.Equal(out.Bytes(), origs[i]) {
 			continue
 		}
 		sum := sha256.Sum256(origs[i])
@@ -176,6 +252,36 @@ func Strip(d *images.Dir, owner int, token string, fail func(step string) error)
 		}
 	}
 	return man, nil
+}
+
+// reduce computes the mounts CRIU must restore itself and records them in
+// man (reduce mode); nil and why when every mount must stay CRIU's.
+func reduce(d *images.Dir, f *forest.Forest, man *Manifest) (map[uint32]bool, string, error) {
+	refs, err := d.MountRefs()
+	if err != nil {
+		return nil, "", err
+	}
+	if refs.KeepAll != "" {
+		return nil, refs.KeepAll, nil
+	}
+	rootNS, _, err := d.RootMountNamespace()
+	if err != nil {
+		return nil, "", err
+	}
+	red := restore.Reduce(f, rootNS, refs.IDs, refs.Devs)
+	if red.Dropped == 0 {
+		return nil, "CRIU must restore every mount itself", nil
+	}
+	keep := make(map[uint32]bool, len(red.Kept))
+	for ref, why := range red.Kept {
+		keep[ref.Mount] = true
+		man.Kept = append(man.Kept, KeptMount{MountRef: ref, Why: why})
+	}
+	slices.SortFunc(man.Kept, func(a, b KeptMount) int {
+		return cmp.Or(cmp.Compare(a.NS, b.NS), cmp.Compare(a.Mount, b.Mount))
+	})
+	man.Mode = ModeReduce
+	return keep, "", nil
 }
 
 // NewToken names a rewrite.

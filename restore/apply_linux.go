@@ -51,6 +51,10 @@ type Options struct {
 	// MountIDs fills NamespaceResult.Mounts with the new mount ids (a
 	// statx per mount).
 	MountIDs bool
+
+	// Check, when set, runs after the last step: an error rolls the
+	// restore back as a failed step does.
+	Check func() error
 }
 
 // Result says what a restore made.
@@ -202,6 +206,12 @@ func Apply(plan *Plan, opt Options) (res *Result, err error) {
 	}
 	if err := a.waitFills(); err != nil {
 		return nil, err
+	}
+	if opt.Check != nil {
+		// Still able to roll back what this restore made.
+		if err := opt.Check(); err != nil {
+			return nil, err
+		}
 	}
 	for _, fl := range a.fills {
 		res.Ops[OpFillTmpfs].Seconds += fl.took.Seconds()

@@ -34,14 +34,23 @@ func LoadInput(d *images.Dir) (Input, error) {
 	if err != nil {
 		return Input{}, err
 	}
-	names, err := d.Names()
-	if err != nil {
+	in := Input{Forest: f}
+	if in.TmpfsContent, err = tmpfsContent(d); err != nil {
 		return Input{}, err
 	}
-	in := Input{Forest: f, TmpfsContent: map[uint32]bool{}}
 	if in.RootNS, _, err = d.RootMountNamespace(); err != nil {
 		return Input{}, err
 	}
+	return in, nil
+}
+
+// tmpfsContent says which superblocks have a tmpfs-dev-<dev>.tar.gz.img.
+func tmpfsContent(d *images.Dir) (map[uint32]bool, error) {
+	names, err := d.Names()
+	if err != nil {
+		return nil, err
+	}
+	out := map[uint32]bool{}
 	for _, n := range names {
 		s, ok := strings.CutPrefix(n, "tmpfs-dev-")
 		if !ok {
@@ -52,8 +61,8 @@ func LoadInput(d *images.Dir) (Input, error) {
 			continue
 		}
 		if dev, err := strconv.ParseUint(s, 10, 32); err == nil {
-			in.TmpfsContent[uint32(dev)] = true
+			out[uint32(dev)] = true
 		}
 	}
-	return in, nil
+	return out, nil
 }

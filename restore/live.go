@@ -81,6 +81,7 @@ func NewLivePlan(in Input) (*Plan, error) {
 	if err := p.hostMasters(); err != nil {
 		return nil, err
 	}
+	p.plan.Steps = append(p.plan.Steps, p.deletedSteps...)
 	p.unbindable()
 	for h, info := range p.plan.Handles {
 		s := step(OpDrop)

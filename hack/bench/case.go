@@ -15,7 +15,6 @@ import (
 	"github.com/mntv2/mntv2/forest"
 	"github.com/mntv2/mntv2/images"
 	"github.com/mntv2/mntv2/internal/gen"
-	"github.com/mntv2/mntv2/plugin"
 	"github.com/mntv2/mntv2/restore"
 	"golang.org/x/sys/unix"
 )
@@ -212,7 +211,7 @@ func hookCase(r *Row, d *images.Dir, dir string) error {
 			return err
 		}
 		paths := pinPaths(original, pins)
-		rep, err := plugin.ApplyLive(input, nil, paths, plugin.Config{Log: quiet})
+		rep, err := restore.ApplyLive(input, paths, restore.LiveOptions{Log: quiet})
 		if err != nil {
 			return err
 		}
@@ -225,7 +224,7 @@ func hookCase(r *Row, d *images.Dir, dir string) error {
 		if r.FloorS == 0 || f.Seconds() < r.FloorS {
 			r.FloorS = f.Seconds()
 		}
-		hook := rep.Seconds - rep.VerifySeconds // read, match, plan, apply
+		hook := rep.ReadSeconds + rep.ApplySeconds // read, match, plan, apply
 		if r.HookS == 0 || hook < r.HookS {
 			r.HookS, r.Syscalls, r.VerifyS = hook, rep.Result.Syscalls, rep.VerifySeconds
 			r.Phases = map[string]float64{"read": rep.ReadSeconds, "plan": rep.PlanSeconds, "apply": rep.ApplySeconds}

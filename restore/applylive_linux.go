@@ -1,0 +1,285 @@
+package restore
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mntv2/mntv2/forest"
+	"github.com/mntv2/mntv2/images"
+)
+
+// LiveOptions say how ApplyLive finishes namespaces someone else (CRIU)
+// restored from images mntv2 rewrote.
+type LiveOptions struct {
+	Log *slog.Logger
+	// RootNS is the root task's mount namespace (0: the first).
+	RootNS uint32
+	// Helpers are the mounts added to the images (strip mode).
+	Helpers []HelperMount
+	// Kept, when set, are the only mounts CRIU was given (reduce mode):
+	// ApplyLive makes the others.
+	Kept map[MountRef]string
+	// Images holds the tmpfs content of the mounts ApplyLive makes.
+	Images *images.Dir
+	// HostLenient: see Input.HostLenient.
+	HostLenient bool
+	// FailSyscall: see Options.FailSyscall (tests only).
+	FailSyscall int
+	// Judge, when set, decides from what Verify found whether the
+	// restore stands; its error rolls back what ApplyLive made. It is
+	// given which mounts ApplyLive made.
+	Judge func(diffs []forest.Difference, made map[MountRef]bool) error
+}
+
+// LiveResult says what ApplyLive did and found.
+type LiveResult struct {
+	Namespaces int    `json:"namespaces"`
+	Mounts     int    `json:"mounts"`
+	Created    int    `json:"created"` // mounts made (reduce mode)
+	Steps      int    `json:"steps"`
+	Helpers    int    `json:"helpers"`
+	Result     Result `json:"result"`
+	// Where the time went: reading and matching the restored namespaces
+	// (PlanSeconds of it building the images' trees and planning beside
+	// the read), applying, verifying.
+	ReadSeconds   float64 `json:"read_seconds"`
+	PlanSeconds   float64 `json:"plan_seconds"`
+	ApplySeconds  float64 `json:"apply_seconds"`
+	VerifySeconds float64 `json:"verify_seconds"`
+	// Differences are what Verify found afterwards; Warnings what the
+	// plan restored less exactly than the images say (lenient).
+	Differences []forest.Difference `json:"differences"`
+	Warnings    []string            `json:"warnings,omitempty"`
+	// Made are the mounts ApplyLive made (reduce mode): a difference of
+	// their tree or flags is mntv2's, not CRIU's.
+	Made map[MountRef]bool `json:"-"`
+}
+
+// ApplyLive finishes the restored namespaces at nsPaths (image namespace
+// id -> nsfs file) of the images' namespaces input: it makes the mounts
+// CRIU was not given (reduce mode), applies the sharing of every mount,
+// unbindable and the flags of what it made, then verifies each namespace
+// against the images. It runs in the restorer's mount namespace, whose
+// mounts are the host side of external sharing.
+func ApplyLive(input []forest.NamespaceMounts, nsPaths map[uint32]string, opt LiveOptions) (*LiveResult, error) {
+	start := time.Now()
+	log := opt.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	// The restored namespaces are read first, each on a thread of its own
+	// (the kernel takes about 1.3 us a mount to write mountinfo): the
+	// images' trees are built and the plan made meanwhile.
+	ids := make([]uint32, len(input))
+	for i := range input {
+		ids[i] = input[i].ID
+	}
+	trees := make([]*forest.Forest, len(ids))
+	errs := make([]error, len(ids))
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			trees[i], errs[i] = readLive(nsPaths[id], id)
+		}()
+	}
+	defer wg.Wait() // no reader outlives this call, whatever fails
+	original, err := forest.BuildImages(input)
+	if err != nil {
+		return nil, fmt.Errorf("images: %w", err)
+	}
+	// Grow the fd table (an RCU grace period) while reading the trees; its
+	// passing fd is closed before this returns.
+	grown := make(chan struct{})
+	go func() { GrowFdTable(FdsFor(original)); close(grown) }()
+	defer func() { <-grown }()
+	full, restored, helperSet, err := liveForests(input, original, opt)
+	if err != nil {
+		return nil, err
+	}
+	host, err := hostMounts()
+	if err != nil {
+		return nil, err
+	}
+	liveIn := &LiveInput{Helpers: helperSet, Kept: opt.Kept}
+	in := Input{Forest: full, Live: liveIn, RootNS: opt.RootNS, HostLenient: opt.HostLenient, Auto: true}
+	if opt.Kept != nil && opt.Images != nil {
+		if in.TmpfsContent, err = tmpfsContent(opt.Images); err != nil {
+			return nil, err
+		}
+	}
+	// The plan needs the restored trees only to find the host's side of
+	// external sharing; otherwise it is made while they are read.
+	var plan *Plan
+	if !NeedsHost(full) {
+		if plan, err = NewLivePlan(in); err != nil {
+			return nil, err
+		}
+	}
+	planDone := time.Now()
+	wg.Wait()
+	byID := make(map[uint32]int, len(ids))
+	for i, id := range ids {
+		if errs[i] != nil {
+			return nil, errs[i]
+		}
+		byID[id] = i
+	}
+	live := map[uint32]*LiveNamespace{}
+	for _, ns := range restored.Namespaces {
+		lns := trees[byID[ns.ID]].Namespaces[0]
+		m := forest.Match(ns, lns)
+		var bad []string
+		for _, e := range m.Missing {
+			bad = append(bad, fmt.Sprintf("mount %d (%s) was not restored", e.ID, e.Mountpoint))
+		}
+		if len(bad) > 0 {
+			return nil, fmt.Errorf("namespace %d as CRIU restored it does not match the images: %s", ns.ID, strings.Join(bad, "; "))
+		}
+		// A mount CRIU made that the images do not have (tracefs under a
+		// debugfs: CRIU never dumps it) takes no part in the sharing;
+		// Verify reports it by its kind.
+		ln := &LiveNamespace{NSPath: nsPaths[ns.ID], Tree: lns, Mounts: make(map[uint32]*forest.Mount, len(m.Pairs))}
+		for e, f := range m.Pairs {
+			ln.Mounts[e.ID] = f
+		}
+		live[ns.ID] = ln
+	}
+	if plan == nil {
+		liveIn.HostPaths, liveIn.NoHost, liveIn.HostPeers = HostPaths(full, opt.RootNS, live, host)
+		if plan, err = NewLivePlan(in); err != nil {
+			return nil, err
+		}
+	}
+	for _, w := range plan.Warnings {
+		log.Warn("post-restore: " + w)
+	}
+	readDone := time.Now()
+	out := &LiveResult{Namespaces: len(live), Mounts: original.Len(), Steps: len(plan.Steps), Helpers: plan.Helpers,
+		Warnings: plan.Warnings, Made: map[MountRef]bool{}}
+	if opt.Kept != nil {
+		for _, ns := range original.Namespaces {
+			for _, m := range ns.Mounts {
+				if _, ok := opt.Kept[MountRef{ns.ID, m.ID}]; !ok {
+					out.Made[MountRef{ns.ID, m.ID}] = true
+				}
+			}
+		}
+		out.Created = len(out.Made)
+	}
+	// Verified before Apply ends, so that a judged failure still rolls
+	// back what Apply made on filesystems that outlive the restore.
+	var vstart time.Time
+	check := func() error {
+		vstart = time.Now()
+		var err error
+		out.Differences, err = Verify(original, nsPaths)
+		out.VerifySeconds = time.Since(vstart).Seconds()
+		if err == nil && opt.Judge != nil {
+			err = opt.Judge(out.Differences, out.Made)
+		}
+		return err
+	}
+	res, err := Apply(plan, Options{Live: live, Log: log, FailSyscall: opt.FailSyscall, Images: opt.Images, Check: check})
+	if res != nil {
+		out.Result = *res
+	}
+	if !vstart.IsZero() {
+		out.ReadSeconds, out.PlanSeconds, out.ApplySeconds = readDone.Sub(start).Seconds(), planDone.Sub(start).Seconds(), vstart.Sub(readDone).Seconds()
+	}
+	if err != nil {
+		var se *StepError
+		if errors.As(err, &se) || out.Differences == nil {
+			return out, fmt.Errorf("apply: %w", err)
+		}
+		return out, err
+	}
+	return out, nil
+}
+
+// liveForests builds what the plan works on (the images plus helper
+// mounts) and what CRIU restored (that, or in reduce mode the kept mounts
+// only), as many namespaces as input, in its order.
+func liveForests(input []forest.NamespaceMounts, original *forest.Forest, opt LiveOptions) (full, restored *forest.Forest, helperSet map[MountRef]bool, err error) {
+	full, helperSet = original, map[MountRef]bool{}
+	if len(opt.Helpers) > 0 {
+		with := make([]forest.NamespaceMounts, len(input))
+		for i := range input {
+			with[i] = forest.NamespaceMounts{ID: input[i].ID, Mounts: append([]forest.Mount(nil), input[i].Mounts...)}
+			for _, h := range opt.Helpers {
+				if h.NS == input[i].ID {
+					with[i].Mounts = append(with[i].Mounts, h.Mount)
+					helperSet[MountRef{NS: h.NS, Mount: h.Mount.ID}] = true
+				}
+			}
+		}
+		if full, err = forest.Build(with); err != nil {
+			return nil, nil, nil, fmt.Errorf("images with mntv2's helper mounts: %w", err)
+		}
+	}
+	if opt.Kept == nil {
+		return full, full, helperSet, nil
+	}
+	kept := make([]forest.NamespaceMounts, len(input))
+	for i := range input {
+		kept[i].ID = input[i].ID
+		for _, m := range input[i].Mounts {
+			if _, ok := opt.Kept[MountRef{input[i].ID, m.ID}]; ok {
+				kept[i].Mounts = append(kept[i].Mounts, m)
+			}
+		}
+	}
+	if restored, err = forest.Build(kept); err != nil {
+		return nil, nil, nil, fmt.Errorf("the mounts left to CRIU: %w", err)
+	}
+	return full, restored, helperSet, nil
+}
+
+// Verify compares the namespaces at nsPaths with the expected forest.
+func Verify(expected *forest.Forest, nsPaths map[uint32]string) ([]forest.Difference, error) {
+	paths := make(map[uint32]string, len(expected.Namespaces))
+	for _, ns := range expected.Namespaces {
+		paths[ns.ID] = nsPaths[ns.ID]
+	}
+	found, err := forest.ReadNamespaceFiles(paths)
+	if err != nil {
+		return nil, err
+	}
+	ff, err := forest.Build(found)
+	if err != nil {
+		return nil, fmt.Errorf("restored namespaces: %w", err)
+	}
+	return forest.Compare(expected, ff), nil
+}
+
+func readLive(nsPath string, id uint32) (*forest.Forest, error) {
+	nm, err := forest.ReadNamespaceFile(nsPath, id)
+	if err != nil {
+		return nil, err
+	}
+	f, err := forest.Build([]forest.NamespaceMounts{nm})
+	if err != nil {
+		return nil, fmt.Errorf("restored namespace %d: %w", id, err)
+	}
+	return f, nil
+}
+
+// hostMounts reads the mounts of the calling thread's mount namespace
+// (the restorer's), the host side of external sharing. It reads
+// /proc/thread-self on a locked thread: in a Go program the main thread
+// (what /proc/PID shows) may be left in another namespace.
+func hostMounts() ([]forest.Mount, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	nm, err := forest.ReadMountinfoFile("/proc/thread-self/mountinfo", 0)
+	if err != nil {
+		return nil, err
+	}
+	return nm.Mounts, nil
+}
