@@ -30,7 +30,7 @@ type Difference struct {
 	NS         uint32 `json:"ns"`
 	Mount      uint32 `json:"mount,omitempty"` // the expected mount's id, 0 for an unexpected one or a namespace
 	Mountpoint string `json:"mountpoint"`      // the mount, as Mount.Describe gives it
-	What       string `json:"what"`       // "missing mount", "root path", "peer group", ...
+	What       string `json:"what"`            // "missing mount", "root path", "peer group", ...
 	Expected   string `json:"expected"`
 	Found      string `json:"found"`
 }
@@ -44,7 +44,7 @@ func (d Difference) String() string {
 // of overmounts) with the same root path, filesystem type, source, per-mount
 // flags and unbindable state, and when mount ids, device numbers and peer
 // group numbers can be renamed, one to one, to turn one into the other. The
-// root mount of each namespace is compared by mountpoint only. What the
+// root mount of each namespace is compared by mountpoint and sharing only. What the
 // expected side cannot know is not compared: an external mount's source
 // (the host's), a filesystem type CRIU did not record (UNSUPPORTED), a flag
 // in expected.Lossy that expected lacks, and tracefs mounts, which CRIU
@@ -94,7 +94,9 @@ func (c *comparison) addAt(k Kind, m *Mount, what, exp, fnd string) {
 func (c *comparison) namespace(ens, fns *Namespace) {
 	m := Match(ens, fns)
 	for _, e := range m.Order {
-		if !e.IsRoot() {
+		if e.IsRoot() {
+			c.root(e, m.Pairs[e])
+		} else {
 			c.mount(e, m.Pairs[e])
 		}
 	}
@@ -193,6 +195,16 @@ func (c *comparison) mount(e, f *Mount) {
 		c.addAt(KindTree, e, "deleted root", yesNo(e.Deleted), yesNo(f.Deleted))
 	}
 	c.superblock(e, f, where)
+	c.sharing(e, f, "peer group", e.PeerGroup, f.PeerGroup, "shared")
+	c.sharing(e, f, "master", e.Master, f.Master, "master")
+}
+
+// root compares the root mounts of a namespace: what they are is the
+// restorer's choice, but not their sharing.
+func (c *comparison) root(e, f *Mount) {
+	if e.Unbindable != f.Unbindable {
+		c.addAt(KindSharing, e, "unbindable", yesNo(e.Unbindable), yesNo(f.Unbindable))
+	}
 	c.sharing(e, f, "peer group", e.PeerGroup, f.PeerGroup, "shared")
 	c.sharing(e, f, "master", e.Master, f.Master, "master")
 }

@@ -146,13 +146,16 @@ func (p *planner) walk(fn func(m *forest.Mount)) {
 // unbindable plans MS_UNBINDABLE for the mounts the images mark so, after
 // all sharing (an unbindable mount can be in no group).
 func (p *planner) unbindable() {
-	p.walk(func(m *forest.Mount) {
-		if m.Unbindable {
-			s := step(OpMakeUnbindable)
-			s.NS, s.Mount, s.Handle, s.Why = m.NS.ID, m.ID, p.h(m), "unbindable in the images"
-			p.add(s)
-		}
-	})
+	for _, ns := range p.in.Forest.Namespaces {
+		_ = ns.Walk(func(m *forest.Mount) error {
+			if m.Unbindable {
+				s := step(OpMakeUnbindable)
+				s.NS, s.Mount, s.Handle, s.Why = m.NS.ID, m.ID, p.h(m), "unbindable in the images"
+				p.add(s)
+			}
+			return nil
+		})
+	}
 }
 
 // LiveHelpers lists the helper mounts a live restore of f needs: one per

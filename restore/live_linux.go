@@ -257,6 +257,18 @@ func (a *applier) peel(ln *LiveNamespace, st *liveState) (err error) {
 			}
 		}
 	}()
+	// The root is never parked: open it first, as the topmost mount at
+	// "/" before anything is stacked there (a peer group of namespace
+	// roots shares through it).
+	for id := range st.want {
+		if ln.Mounts[id] == ln.Tree.Root {
+			fd, err := a.openByPath(ln.Tree.Root)
+			if err != nil {
+				return err
+			}
+			fds[ln.Tree.Root] = fd
+		}
+	}
 	if park, err = a.newPark(); err != nil {
 		return err
 	}
