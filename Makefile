@@ -5,7 +5,7 @@ CRIU      ?= criu
 FUZZTIME  ?= 1m
 PKGS      := ./...
 
-.PHONY: all build test lint vet fmt-check staticcheck e2e bench fuzz demo clean
+.PHONY: all build test lint vet fmt-check staticcheck e2e e2e-random soak bench fuzz demo clean
 
 all: build
 
@@ -32,6 +32,17 @@ staticcheck:
 # End-to-end runs with a real CRIU: CRIU=/path/to/criu make e2e
 e2e: build
 	CRIU=$(CRIU) hack/e2e-criu.sh
+
+# Random trees (hack/randtree) restored five ways and compared
+# (hack/diff-runner.sh): the CI set of 50 seeds, or SEEDS seeds from
+# SEED_START (a number or "random") for a soak: make soak SEEDS=200
+SEEDS      ?= 200
+SEED_START ?= 1
+e2e-random: build
+	CRIU=$(CRIU) hack/diff-runner.sh
+
+soak: build
+	CRIU=$(CRIU) SEEDS=$(SEEDS) SEED_START=$(SEED_START) hack/diff-runner.sh
 
 bench: build
 	hack/bench.sh
