@@ -110,7 +110,7 @@ compare() {
 		lost=$(diff "$w/before.txt" "$1" | grep -c '^<' || true)
 		extra=$(diff "$w/before.txt" "$1" | grep -c '^>' || true)
 		cell="wrong($((lost > extra ? lost : extra)))"
-		why="differs: $(diff "$w/before.txt" "$1" | difference)"
+		why="differs: $(diff "$w/before.txt" "$1" | difference || true)"
 	fi
 }
 
