@@ -15,8 +15,8 @@
 #                  show --pin-dir, released after)
 #   hook/v2        CRIU + mntv2 (--action-script), mount-v2
 #   hook/compat    CRIU + mntv2 (--action-script), --mntns-compat-mode
-# Each result is identical, wrong(N) (N differences found by mntv2 verify)
-# or fails, compared with the capture before the dump. A mntv2 mode is
+# Each result is identical, wrong(N) (N lines of the capture differ), fails
+# or hangs, compared with the capture before the dump. A mntv2 mode is
 # "worse than CRIU" when it is not identical where CRIU alone in the same
 # CRIU mode was (for the standalone restore: in either CRIU mode), "better"
 # when it is identical where CRIU alone was not.
@@ -31,15 +31,19 @@
 # are never touched. Only pids this script started (or CRIU restored for it)
 # are ever killed.
 #
-# usage: hack/diff-runner.sh [SEED...]
-#   no seeds: the CI set (seeds 1..50); SEEDS=N: N seeds from SEED_START
+# usage: hack/diff-runner.sh [SEED|SCENARIO_DIR...]
+#   no seeds: the CI set (seeds 1..50); SEEDS=N: N seeds from SEED_START;
+#   a directory with a scenario.sh (and maybe host.sh, as testdata/e2e/*)
+#   runs that scenario instead of a generated one
 # env:   CRIU (default: criu on PATH), MNTV2 (default: bin/mntv2),
 #        DIFF_MODES (default: all five: criu-v2 criu-compat mntv2 hook-v2
 #        hook-compat; empty: build and dump only),
 #        SEEDS, SEED_START (default 1; "random" picks one and prints it),
 #        DIFF_OUT (default bin/diff-runner.txt), DIFF_KEEP=1 keeps every
 #        seed's work directory, MAX_MOUNTS (randtree -max-mounts, default 40),
-#        RANDTREE_FLAGS (more randtree flags, e.g. -no-strictatime)
+#        RANDTREE_FLAGS (more randtree flags, e.g. -no-strictatime),
+#        DIFF_TIMEOUT (seconds a dump or restore may take before it is
+#        killed, with every process below it, and counted as "hangs"; 20)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -57,6 +61,7 @@ export MNTV2
 export MNTV2_LOG_LEVEL=${MNTV2_LOG_LEVEL:-info}
 DIFF_OUT=${DIFF_OUT:-$top/bin/diff-runner.txt}
 MAX_MOUNTS=${MAX_MOUNTS:-40}
+DIFF_TIMEOUT=${DIFF_TIMEOUT:-20}
 
 if [ $# -eq 0 ]; then
 	if [ -n "${SEEDS:-}" ]; then
@@ -78,9 +83,45 @@ mkdir -p "$(dirname "$DIFF_OUT")"
 # shellcheck source=lib/ct.sh
 . "$here/lib/ct.sh"
 
+# The container or restored tree running now: ended whatever way this
+# script ends.
+live=
+trap '[ -z "$live" ] || kill_tree "$live"' EXIT
+
 (cd "$top" && go build -o "$scratch/randtree" ./hack/randtree)
 
 out() { printf '%s\n' "$*" | tee -a "$DIFF_OUT"; }
+
+# descendants PID: every process below PID.
+descendants() {
+	local c
+	# shellcheck disable=SC2013
+	for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+		echo "$c"
+		descendants "$c"
+	done
+}
+
+# bounded CMD...: runs CMD for at most DIFF_TIMEOUT seconds; then kills it
+# and every process below it (all started by this script) and returns 124.
+bounded() {
+	local pid dog which='' rc=0
+	"$@" &
+	pid=$!
+	sleep "$DIFF_TIMEOUT" &
+	dog=$!
+	wait -n -p which "$pid" "$dog" || rc=$?
+	if [ "$which" = "$dog" ]; then
+		[ -z "${on_timeout:-}" ] || eval "$on_timeout"
+		# shellcheck disable=SC2046
+		kill -9 $(descendants "$pid") "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+		return 124
+	fi
+	kill "$dog" 2>/dev/null || true
+	wait "$dog" 2>/dev/null || true
+	return "$rc"
+}
 
 # nsnames FILE: numbers the namespaces of a capture by order of appearance
 # (show --tree already does; show --pin-dir gives the images' ids).
@@ -148,8 +189,8 @@ mntv2_error() {
 # class TEXT: a failure's class: its reason without numbers, paths and
 # flag lists.
 class() {
-	sed -E 's#/proc/[0-9]+/fd/[0-9]+#IMAGES#g; s#\([0-9. ]+\) *([0-9]+: )?##; s#flags: expected [^ ]*strictatime, found [^ ]*#flags: expected ...,strictatime, found no atime flag#;
-		s#(^|[ ("])/[^ ,:()"]*#\1PATH#g; s#[0-9]+#N#g' <<<"$1" | cut -c1-200
+	sed -E 's#mntv2#mntv@#g; s#/proc/[0-9]+/fd/[0-9]+#IMAGES#g; s#\([0-9. ]+\) *([0-9]+: )?##; s#flags: expected [^ ]*strictatime, found [^ ]*#flags: expected ...,strictatime, found no atime flag#;
+		s#(^|[ ("])/[^ ,:()"]*#\1PATH#g; s#[0-9]+#N#g; s#mntv@#mntv2#g' <<<"$1" | cut -c1-200
 }
 
 # criu_restore MODE WITH: CRIU alone or with mntv2's hook; sets cell.
@@ -160,11 +201,23 @@ criu_restore() {
 	[ "$mode" = compat ] && args+=(--mntns-compat-mode)
 	[ "$with" = hook ] && args+=(--action-script "$MNTV2")
 	rm -f "$w/work/pid"
-	local log=$w/work/mntv2-$mode-$with.log
-	if ! MNTV2_LOG=$log "$CRIU" "${args[@]}" >/dev/null 2>&1; then
+	local log=$w/work/mntv2-$mode-$with.log rc=0
+	# On a hang, what mntv2 would say of the images as pre-restore left them.
+	local on_timeout=
+	# shellcheck disable=SC2016
+	[ "$with" = alone ] || on_timeout='"$MNTV2" show --images "$w/img" >/dev/null 2>"$w/work/images-at-timeout-$mode.txt" || true'
+	MNTV2_LOG=$log bounded "$CRIU" "${args[@]}" >/dev/null 2>&1 || rc=$?
+	if [ "$rc" != 0 ]; then
 		cell=fails
 		why=
-		[ "$with" = alone ] || why=$(mntv2_error "$log")
+		if [ "$rc" = 124 ]; then
+			cell=hangs
+			why="criu restore did not end in ${DIFF_TIMEOUT}s (killed)"
+			if [ -s "$w/work/images-at-timeout-$mode.txt" ]; then
+				why="$why; the images pre-restore wrote: $(head -1 "$w/work/images-at-timeout-$mode.txt")"
+			fi
+		fi
+		[ "$with" = alone ] || [ -n "$why" ] || why=$(mntv2_error "$log")
 		[ -n "$why" ] || why="criu: $(firsterr "$w/work/restore-$mode-$with.log" || true)"
 		# The hook's watcher puts the original images back after CRIU
 		# exits: wait for it before the images are compared.
@@ -175,10 +228,12 @@ criu_restore() {
 		return
 	fi
 	rpid=$(cat "$w/work/pid")
+	live=$rpid
 	"$MNTV2" show --tree "$rpid" --canonical >"$w/after-$mode-$with.txt" 2>&1 || true
 	compare "$w/after-$mode-$with.txt"
 	"$MNTV2" verify --images "$w/img" --tree "$rpid" >"$w/verify-$mode-$with.txt" 2>&1 || true
 	kill_tree "$rpid"
+	live=
 }
 
 # standalone: mntv2 restore onto the container's root; sets cell.
@@ -186,7 +241,7 @@ standalone() {
 	local pins=$w/pins
 	rm -rf "$pins"
 	mkdir -p "$pins"
-	if ! "$MNTV2" restore --images "$w/img" --root "$w/root" --ext-mount-map auto --pin-dir "$pins" \
+	if ! bounded "$MNTV2" restore --images "$w/img" --root "$w/root" --ext-mount-map auto --pin-dir "$pins" \
 		--log-level info >"$w/work/mntv2-restore.log" 2>&1; then
 		cell=fails
 		why=$(grep -m1 '^mntv2: ' "$w/work/mntv2-restore.log" || tail -1 "$w/work/mntv2-restore.log" || true)
@@ -210,11 +265,19 @@ out "$(printf "$fmt" seed mounts ns ops criu/v2 criu/compat mntv2 hook/v2 hook/c
 for seed in "$@"; do
 	t0=$(date +%s.%N)
 	seeds=$((seeds + 1))
-	w=$scratch/seed-$seed
-	sdir=$w/scenario
-	mkdir -p "$sdir"
-	# shellcheck disable=SC2086
-	"$scratch/randtree" -seed "$seed" -max-mounts "$MAX_MOUNTS" ${RANDTREE_FLAGS:-} >"$sdir/scenario.sh"
+	if [ -f "$seed/scenario.sh" ]; then
+		# A scenario directory (a seed kept in testdata/e2e, a reduced case).
+		sdir=${seed%/}
+		seed=$(basename "$sdir")
+		w=$scratch/$seed
+		mkdir -p "$w"
+	else
+		w=$scratch/seed-$seed
+		sdir=$w/scenario
+		mkdir -p "$sdir"
+		# shellcheck disable=SC2086
+		"$scratch/randtree" -seed "$seed" -max-mounts "$MAX_MOUNTS" ${RANDTREE_FLAGS:-} >"$sdir/scenario.sh"
+	fi
 	declare -A cells=()
 	note='' mounts=- nns=- bad=-
 	if ! ct=$(start_ct "$w" "$sdir" 2>"$w/start.err"); then
@@ -222,17 +285,20 @@ for seed in "$@"; do
 		broken=$((broken + 1))
 		broken_list+=("$seed")
 	else
+		live=$ct
 		# Operations the generator's model got wrong (logged, not run).
 		bad=$(cat "$w/root/scenario.log" "$w/root/.rt/"*.log 2>/dev/null | grep -c 'randtree: op failed\|scenario failed' || true)
 		"$MNTV2" show --tree "$ct" --canonical >"$w/before.txt"
 		mounts=$(awk '/^mount namespace/ { n += $4 } END { print n + 0 }' "$w/before.txt")
 		nns=$(grep -c '^mount namespace' "$w/before.txt" || true)
-		if ! "$CRIU" dump -t "$ct" -D "$w/img" -W "$w/work" -o dump.log -v4 --ext-mount-map auto \
+		if ! bounded "$CRIU" dump -t "$ct" -D "$w/img" -W "$w/work" -o dump.log -v4 --ext-mount-map auto \
 			--enable-external-sharing --enable-external-masters >/dev/null 2>&1; then
 			note="criu dump fails: $(firsterr "$w/work/dump.log" | cut -c1-160)"
 			dumpfails=$((dumpfails + 1))
 			kill_tree "$ct"
+			live=
 		else
+			live=
 			sum=$(digest "$w/img")
 			declare -A whys=()
 			for m in "${modes[@]}"; do
@@ -314,7 +380,8 @@ done
 out ""
 out "seeds: $seeds, not dumped by CRIU: $dumpfails, could not run: $broken${broken_list[*]:+ (${broken_list[*]})}"
 for m in "${all_modes[@]}"; do
-	line=$(printf '%-12s identical %3d  wrong %3d  fails %3d' "$m" "${count[$m-identical]:-0}" "${count[$m-wrong]:-0}" "${count[$m-fails]:-0}")
+	line=$(printf '%-12s identical %3d  wrong %3d  fails %3d  hangs %3d' "$m" "${count[$m-identical]:-0}" "${count[$m-wrong]:-0}" \
+		"${count[$m-fails]:-0}" "${count[$m-hangs]:-0}")
 	case $m in
 	mntv2 | hook-*) line="$line  worse than CRIU $(printf '%3d' "${count[$m-worse]:-0}")  better $(printf '%3d' "${count[$m-better]:-0}")" ;;
 	esac
