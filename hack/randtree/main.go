@@ -276,10 +276,22 @@ func (g *gen) opTmpfs(ns *nspace, s *script) bool {
 		s.line("r mount -t tmpfs %s %s", name, q(p))
 	}
 	g.md.mountTree([]*mount{m}, dest, d)
-	if g.chance(0.7) {
+	// Fill it only where it is what p shows: a copy propagated to a peer
+	// can cover p (a mount on a bind of its own parent's peer).
+	if g.chance(0.7) && g.shows(ns, p, m) {
 		g.fill(s, p, m)
 	}
 	return true
+}
+
+// shows reports whether path p of ns is the root of mount m.
+func (g *gen) shows(ns *nspace, p string, m *mount) bool {
+	for _, l := range g.md.visible(ns) {
+		if l.path == p {
+			return l.m == m && l.d == m.root
+		}
+	}
+	return false
 }
 
 func (g *gen) opMkdir(ns *nspace, s *script) bool {
