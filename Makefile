@@ -33,6 +33,13 @@ staticcheck:
 e2e: build
 	CRIU=$(CRIU) hack/e2e-criu.sh
 
+# Real runc (Debian's 1.1) and podman: checkpoint, then restore with CRIU
+# alone and with mntv2 as the action script of /etc/criu/runc.conf (strict).
+# CRIU must be 3.19 or later: make e2e-runc CRIU=/path/to/criu-4.2/criu
+.PHONY: e2e-runc
+e2e-runc: build
+	CRIU=$(CRIU) hack/e2e-runc.sh
+
 # Random trees (hack/randtree) restored five ways and compared
 # (hack/diff-runner.sh): the CI set of 50 seeds, or SEEDS seeds from
 # SEED_START (a number or "random") for a soak: make soak SEEDS=200

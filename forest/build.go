@@ -20,7 +20,6 @@ const (
 	MasterCycle    Problem = "master cycle"
 	OutsideParent  Problem = "mountpoint outside its parent's subtree"
 	SameMountpoint Problem = "two mounts on one mountpoint of one parent"
-	UnknownFS      Problem = "unknown filesystem type"
 	BadPath        Problem = "bad path"
 	NoNamespace    Problem = "no mounts"
 	ZeroID         Problem = "mount id 0"
@@ -137,10 +136,6 @@ func linkNamespace(ns *Namespace, p *problems) {
 			p.add(&ValidationError{Problem: ZeroID, NS: ns.ID, Mountpoint: m.Mountpoint, Detail: "mount ids start at 1"})
 			badPaths = true // left unlinked: stop before walking the tree
 			continue
-		}
-		if m.FSType == "" && m.External == "" {
-			p.add(&ValidationError{Problem: UnknownFS, NS: ns.ID, MountID: m.ID, Mountpoint: m.Mountpoint,
-				Detail: fmt.Sprintf("fstype code %d is not one CRIU defines, and the mount is not external", m.FSCode)})
 		}
 		parent, ok := ns.byID[m.ParentID]
 		if !ok || m.ParentID == m.ID {

@@ -46,5 +46,6 @@ func (f *Forest) Canonical() *Forest {
 		// Renaming cannot make a valid forest invalid.
 		panic("forest: canonical copy does not build: " + err.Error())
 	}
+	out.Lossy = f.Lossy
 	return out
 }

@@ -4,17 +4,38 @@ import (
 	"fmt"
 )
 
+// Kind says who is answerable for a difference, so that a caller can tell
+// a wrong restore from a tree the restorer chose to change.
+type Kind string
+
+// The kinds of Difference.
+const (
+	// Sharing: peer groups, masters, unbindable.
+	KindSharing Kind = "sharing"
+	// Tree: a mount missing, extra or elsewhere, or another filesystem,
+	// superblock, root or source than the images say.
+	KindTree Kind = "tree"
+	// Flags: the per-mount flags (ro, nosuid, nodev, noexec, atime).
+	KindFlags Kind = "flags"
+	// Remapped: what CRIU or the runtime chose at restore time, which the
+	// images cannot decide: an external mount's root, filesystem and
+	// superblock (the host path it is bound from), a cgroup mount's root
+	// (the restoring cgroup namespace).
+	KindRemapped Kind = "remapped"
+)
+
 // Difference is one way in which a found forest differs from the expected.
 type Difference struct {
-	NS         uint32
-	Mountpoint string // the mount, as Mount.Describe gives it
-	What       string // "missing mount", "root path", "peer group", ...
-	Expected   string
-	Found      string
+	Kind       Kind   `json:"kind"`
+	NS         uint32 `json:"ns"`
+	Mountpoint string `json:"mountpoint"` // the mount, as Mount.Describe gives it
+	What       string `json:"what"`       // "missing mount", "root path", "peer group", ...
+	Expected   string `json:"expected"`
+	Found      string `json:"found"`
 }
 
 func (d Difference) String() string {
-	return fmt.Sprintf("mount namespace %d, %s: %s: expected %s, found %s", d.NS, d.Mountpoint, d.What, d.Expected, d.Found)
+	return fmt.Sprintf("mount namespace %d, %s: %s: expected %s, found %s [%s]", d.NS, d.Mountpoint, d.What, d.Expected, d.Found, d.Kind)
 }
 
 // Compare reports how found differs from expected. The two are identical
@@ -22,27 +43,31 @@ func (d Difference) String() string {
 // of overmounts) with the same root path, filesystem type, source, per-mount
 // flags and unbindable state, and when mount ids, device numbers and peer
 // group numbers can be renamed, one to one, to turn one into the other. The
-// root mount of each namespace is compared by mountpoint only. For an
-// external mount the filesystem type and source are the host's, so they are
-// not compared. Namespaces are paired by id.
+// root mount of each namespace is compared by mountpoint only. What the
+// expected side cannot know is not compared: an external mount's source
+// (the host's), a filesystem type CRIU did not record (UNSUPPORTED), a flag
+// in expected.Lossy that expected lacks, and tracefs mounts, which CRIU
+// never writes to its images (criu/filesystems.c tracefs_parse) and which
+// come back under debugfs by themselves. Namespaces are paired by id.
 func Compare(expected, found *Forest) []Difference {
 	c := &comparison{
 		devs:     newBijection(),
 		groups:   newBijection(),
 		expNames: groupNames(expected),
 		fndNames: groupNames(found),
+		lossy:    expected.Lossy,
 	}
 	for _, ens := range expected.Namespaces {
 		fns := found.Namespace(ens.ID)
 		if fns == nil {
-			c.add(ens.ID, "/", "namespace", "present", "no such namespace")
+			c.add(KindTree, ens.ID, "/", "namespace", "present", "no such namespace")
 			continue
 		}
 		c.namespace(ens, fns)
 	}
 	for _, fns := range found.Namespaces {
 		if expected.Namespace(fns.ID) == nil {
-			c.add(fns.ID, "/", "namespace", "no such namespace", "present")
+			c.add(KindTree, fns.ID, "/", "namespace", "no such namespace", "present")
 		}
 	}
 	return c.diffs
@@ -52,15 +77,16 @@ type comparison struct {
 	diffs              []Difference
 	devs, groups       *bijection
 	expNames, fndNames map[uint32]*Mount
+	lossy              Flags
 }
 
-func (c *comparison) add(ns uint32, where, what, exp, fnd string) {
-	c.diffs = append(c.diffs, Difference{NS: ns, Mountpoint: where, What: what, Expected: exp, Found: fnd})
+func (c *comparison) add(k Kind, ns uint32, where, what, exp, fnd string) {
+	c.diffs = append(c.diffs, Difference{Kind: k, NS: ns, Mountpoint: where, What: what, Expected: exp, Found: fnd})
 }
 
 // addAt reports a difference at mount m.
-func (c *comparison) addAt(m *Mount, what, exp, fnd string) {
-	c.add(m.NS.ID, m.Describe(), what, exp, fnd)
+func (c *comparison) addAt(k Kind, m *Mount, what, exp, fnd string) {
+	c.add(k, m.NS.ID, m.Describe(), what, exp, fnd)
 }
 
 func (c *comparison) namespace(ens, fns *Namespace) {
@@ -71,10 +97,12 @@ func (c *comparison) namespace(ens, fns *Namespace) {
 		}
 	}
 	for _, e := range m.Missing {
-		c.addAt(e, "missing mount", describeMount(e), "nothing mounted there")
+		c.addAt(KindTree, e, "missing mount", describeMount(e), "nothing mounted there")
 	}
 	for _, f := range m.Extra {
-		c.addAt(f, "unexpected mount", "nothing mounted there", describeMount(f))
+		if !NeverInImages(f) {
+			c.addAt(KindTree, f, "unexpected mount", "nothing mounted there", describeMount(f))
+		}
 	}
 }
 
@@ -129,29 +157,55 @@ func describeMount(m *Mount) string {
 
 // mount compares a matched pair of non-root mounts.
 func (c *comparison) mount(e, f *Mount) {
+	// What an external mount is bound from is the restoring host's
+	// choice (--ext-mount-map, a runtime's new host paths); a cgroup
+	// mount's root is relative to the restoring cgroup namespace.
+	where := KindTree
+	if e.External != "" || f.External != "" {
+		where = KindRemapped
+	}
 	if e.Root != f.Root {
-		c.addAt(e, "root path", e.Root, f.Root)
-	}
-	if e.External == "" {
-		if e.FSType != f.FSType {
-			c.addAt(e, "filesystem type", e.FSType, f.FSType)
+		k := where
+		if e.FSType == "cgroup" || e.FSType == "cgroup2" {
+			k = KindRemapped
 		}
-		if e.Source != f.Source {
-			c.addAt(e, "source", e.Source, f.Source)
-		}
+		c.addAt(k, e, "root path", e.Root, f.Root)
 	}
-	if e.Flags != f.Flags {
-		c.addAt(e, "flags", e.Flags.String(), f.Flags.String())
+	if e.FSType != "" && f.FSType != "" && e.FSType != f.FSType {
+		c.addAt(where, e, "filesystem type", e.FSType, f.FSType)
+	}
+	if e.External == "" && e.Source != f.Source {
+		c.addAt(KindTree, e, "source", e.Source, f.Source)
+	}
+	ef, ff := e.Flags, f.Flags
+	if lost := c.lossy &^ ef; lost != 0 {
+		ff &^= lost // expected cannot say these flags were not set
+	}
+	if ef != ff {
+		c.addAt(KindFlags, e, "flags", ef.String(), ff.String())
 	}
 	if e.Unbindable != f.Unbindable {
-		c.addAt(e, "unbindable", yesNo(e.Unbindable), yesNo(f.Unbindable))
+		c.addAt(KindSharing, e, "unbindable", yesNo(e.Unbindable), yesNo(f.Unbindable))
 	}
 	if e.Deleted != f.Deleted {
-		c.addAt(e, "deleted root", yesNo(e.Deleted), yesNo(f.Deleted))
+		c.addAt(KindTree, e, "deleted root", yesNo(e.Deleted), yesNo(f.Deleted))
 	}
-	c.superblock(e, f)
+	c.superblock(e, f, where)
 	c.sharing(e, f, "peer group", e.PeerGroup, f.PeerGroup, "shared")
 	c.sharing(e, f, "master", e.Master, f.Master, "master")
+}
+
+// NeverInImages says whether a live mount is one CRIU leaves out of its
+// images on purpose, so that its absence there is no difference: tracefs
+// (criu/filesystems.c tracefs_parse skips it; a debugfs mount brings it
+// back, restored recursively), and what is mounted on it.
+func NeverInImages(m *Mount) bool {
+	for ; m != nil; m = m.Parent {
+		if m.FSType == "tracefs" {
+			return true
+		}
+	}
+	return false
 }
 
 func yesNo(b bool) string {
@@ -161,14 +215,14 @@ func yesNo(b bool) string {
 	return "no"
 }
 
-func (c *comparison) superblock(e, f *Mount) {
+func (c *comparison) superblock(e, f *Mount, k Kind) {
 	switch other := c.devs.link(e.Dev, f.Dev, e, f); {
 	case other == nil:
 	case other.fwd:
-		c.addAt(e, "superblock",
+		c.addAt(k, e, "superblock",
 			"the superblock of "+other.e.Describe(), "a different superblock from "+other.f.Describe())
 	default:
-		c.addAt(e, "superblock",
+		c.addAt(k, e, "superblock",
 			"a superblock of its own, not that of "+other.e.Describe(), "the superblock of "+other.f.Describe())
 	}
 }
@@ -178,11 +232,11 @@ func (c *comparison) sharing(e, f *Mount, what string, eid, fid uint32, tag stri
 		return
 	}
 	if eid == 0 || fid == 0 {
-		c.addAt(e, what, c.group(tag, eid, c.expNames), c.group(tag, fid, c.fndNames))
+		c.addAt(KindSharing, e, what, c.group(tag, eid, c.expNames), c.group(tag, fid, c.fndNames))
 		return
 	}
 	if other := c.groups.link(eid, fid, e, f); other != nil {
-		c.addAt(e, what, c.group(tag, eid, c.expNames), c.group(tag, fid, c.fndNames))
+		c.addAt(KindSharing, e, what, c.group(tag, eid, c.expNames), c.group(tag, fid, c.fndNames))
 	}
 }
 

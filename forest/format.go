@@ -110,6 +110,9 @@ func (m *Mount) Propagation() string {
 // TextLine is a mount in one line: "/tmp/p tmpfs storm root=/ rw,relatime shared:1".
 func (m *Mount) TextLine() string {
 	fs := m.FSType
+	if fs == "" && m.External == "" {
+		fs = "(unsupported)" // CRIU's UNSUPPORTED: the images do not name it
+	}
 	if m.External != "" {
 		fs = "external(" + m.External + ")"
 		if m.FSType != "" {

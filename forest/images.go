@@ -22,10 +22,15 @@ const (
 )
 
 // FSTypeName gives the kernel's filesystem type name for a CRIU fstype code
-// and fsname, or "" when CRIU does not define the code.
+// and fsname, or "" when the images do not say: CRIU writes every
+// filesystem it has no code for (ext4, xfs, btrfs, nfs, ...) as
+// UNSUPPORTED, code 0, and names only AUTO ones in fsname
+// (criu/mount.c dump_one_mountpoint); a code it does not define reads as
+// UNSUPPORTED too (criu/filesystems.c decode_fstype). Such a mount is
+// restored as a bind from a mount of the same superblock, as CRIU does.
 func FSTypeName(code uint32, fsname string) string {
 	switch code {
-	case criuFSAuto:
+	case criuFSAuto, criuFSUnsupported:
 		return fsname
 	case criuFSFuse:
 		if fsname != "" {
@@ -35,15 +40,21 @@ func FSTypeName(code uint32, fsname string) string {
 	return criuFSTypes[code]
 }
 
+// IsUnsupportedCode says whether CRIU reads an fstype code as UNSUPPORTED.
+func IsUnsupportedCode(code uint32) bool {
+	return code != criuFSAuto && criuFSTypes[code] == ""
+}
+
 // FSTypeCode gives CRIU's fstype code for a filesystem type name: the enum
-// value, or AUTO for a name CRIU has no code for.
+// value, or UNSUPPORTED (0) for a name CRIU has no code for, as CRIU's dump
+// writes it without --enable-fs (criu/filesystems.c find_fstype_by_name).
 func FSTypeCode(name string) uint32 {
 	for code, n := range criuFSTypes {
 		if n == name {
 			return code
 		}
 	}
-	return criuFSAuto
+	return criuFSUnsupported
 }
 
 // FromImageMount converts one image entry.
@@ -53,10 +64,11 @@ func FromImageMount(e *images.Mount) Mount {
 		Mountpoint: e.Mountpoint, Root: e.Root,
 		FSType: FSTypeName(e.FSType, e.FSName), FSCode: e.FSType,
 		Source: e.Source, Options: e.Options,
-		Flags: Flags(e.Flags) & PerMountMask, Dev: e.RootDev,
+		Flags: (Flags(e.Flags) & PerMountMask).AtimeMode(), Dev: e.RootDev,
 		PeerGroup: e.SharedID, Master: e.MasterID,
 		Unbindable: e.Flags&MSUnbindable != 0,
-		External:   e.ExtKey, Deleted: e.Deleted,
+		External:   e.ExtKey, Deleted: e.Deleted, InternalSharing: e.InternalSharing,
+		WithPlugin: e.WithPlugin,
 	}
 	if m.External == "" && e.ExtMount {
 		m.External = "(external)"
@@ -70,10 +82,25 @@ func FromImages(d *images.Dir) (*Forest, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := Build(input)
+	f, err := BuildImages(input)
 	if err != nil {
 		return nil, fmt.Errorf("images %s: %w", d.Path(), err)
 	}
+	return f, nil
+}
+
+// ImageLossy are the per-mount flags CRIU's images cannot be trusted to
+// carry: its dump drops nosymfollow.
+const ImageLossy = NoSymFollow
+
+// BuildImages is Build for mounts read from images: the forest knows which
+// flags its source loses (Forest.Lossy).
+func BuildImages(input []NamespaceMounts) (*Forest, error) {
+	f, err := Build(input)
+	if err != nil {
+		return nil, err
+	}
+	f.Lossy = ImageLossy
 	return f, nil
 }
 
@@ -120,7 +147,8 @@ func ToImageMount(m *Mount) images.Mount {
 	e := images.Mount{
 		FSType: m.FSCode, MntID: m.ID, RootDev: m.Dev, ParentMntID: m.ParentID, Flags: flags,
 		Root: m.Root, Mountpoint: m.Mountpoint, Source: m.Source, Options: m.Options,
-		SharedID: m.PeerGroup, MasterID: m.Master, Deleted: m.Deleted,
+		SharedID: m.PeerGroup, MasterID: m.Master, Deleted: m.Deleted, InternalSharing: m.InternalSharing,
+		WithPlugin: m.WithPlugin,
 	}
 	if e.FSType == 0 && m.FSType != "" {
 		e.FSType = FSTypeCode(m.FSType)

@@ -61,7 +61,9 @@ func (f Flags) String() string {
 }
 
 // ParseFlags reads mountinfo's per-mount options ("rw,nosuid,relatime").
-// Unknown words are ignored: they are not per-mount flags.
+// Unknown words are ignored: they are not per-mount flags. The atime mode
+// is normalized (see AtimeMode): mountinfo shows "relatime", "noatime" or
+// neither, which is strictatime.
 func ParseFlags(s string) Flags {
 	var f Flags
 	for _, w := range strings.Split(s, ",") {
@@ -71,7 +73,26 @@ func ParseFlags(s string) Flags {
 			}
 		}
 	}
-	return f
+	return f.AtimeMode()
+}
+
+// atimeMask is the three atime modes a mount has exactly one of.
+const atimeMask = NoAtime | Relatime | StrictAtime
+
+// AtimeMode gives f with exactly one atime mode, as the kernel keeps it
+// (MNT_NOATIME, MNT_RELATIME, or neither: strictatime): noatime wins over
+// relatime, and neither shown means strictatime. mountinfo never prints
+// "strictatime" (fs/proc_namespace.c show_mnt_opts) and CRIU writes
+// MS_STRICTATIME for "neither" (criu/proc_parse.c parse_mnt_flags), so
+// flags from both sides compare equal once normalized.
+func (f Flags) AtimeMode() Flags {
+	switch {
+	case f&NoAtime != 0:
+		return f&^atimeMask | NoAtime
+	case f&Relatime != 0:
+		return f&^atimeMask | Relatime
+	}
+	return f&^atimeMask | StrictAtime
 }
 
 // Mount is one mount of a namespace. The same type describes a mount read
@@ -94,7 +115,14 @@ type Mount struct {
 	Unbindable    bool
 
 	External string // CRIU ext_key: bound from the restoring host; "" if not
-	Deleted  bool   // the mount's root was unlinked
+	// InternalSharing: an external mount whose peer group the container
+	// made its own (CRIU's internal_sharing); otherwise an external mount's
+	// peer group is the host's.
+	InternalSharing bool
+	Deleted         bool // the mount's root was unlinked
+	// WithPlugin: a CRIU plugin dumped the mount and restores it
+	// (with_plugin; criu/mount.c, the DUMP_EXT_MOUNT hook).
+	WithPlugin bool
 
 	// FSCode is CRIU's fstype enum value for image mounts, 0 for live ones.
 	FSCode uint32
@@ -166,6 +194,10 @@ func (ns *Namespace) Walk(fn func(*Mount) error) error {
 // Forest is a set of mount namespaces whose mounts may share peer groups.
 type Forest struct {
 	Namespaces []*Namespace // ordered by ID
+	// Lossy are the flags the forest's source may have dropped: a mount
+	// without one of them may have had it (CRIU's dump never records
+	// nosymfollow: criu/proc_parse.c parse_mnt_flags).
+	Lossy Flags
 }
 
 // Namespace returns the namespace with the given id, or nil.
@@ -189,7 +221,7 @@ func (f *Forest) Len() int {
 
 // Only returns a forest with just the namespaces named (same mounts, shared).
 func (f *Forest) Only(ids ...uint32) *Forest {
-	out := &Forest{}
+	out := &Forest{Lossy: f.Lossy}
 	for _, id := range ids {
 		if ns := f.Namespace(id); ns != nil {
 			out.Namespaces = append(out.Namespaces, ns)

@@ -179,19 +179,21 @@ if [ -d "$f01/img" ]; then
 		fail "read-only images: cell=$cell"
 	fi
 
-	# 4. go-criu RPC (criu swrk) with mntv2's Notify.
+	# 4. go-criu RPC (criu swrk) with mntv2's Notify, from go-criu v7
+	# (containerd, podman) and v8 (runc).
 	rpc=$scratch/rpc-restore
 	(cd "$top" && go build -o "$rpc" ./hack/rpc-restore)
 	for name in 01-seed-reverse-order 02-peers-no-common-root 03-slaves-of-subdirs 06-nested-mntns-peers; do
 		w=$scratch/$name
 		[ -d "$w/img" ] || continue
-		for mode in v2 compat; do
-			compat=
+		for mode in v2 compat v2-gocriu8; do
+			compat= version=7
 			[ "$mode" = compat ] && compat=--compat
+			[ "$mode" = v2-gocriu8 ] && version=8
 			rm -f "$w/work/pid"
 			cell=fails
 			if "$rpc" --criu "$CRIU" --images "$w/img" --root "$w/root" --work "$w/work" --pidfile "$w/work/pid" $compat \
-				>"$w/work/rpc-$mode.out" 2>&1; then
+				--go-criu "$version" >"$w/work/rpc-$mode.out" 2>&1; then
 				rpid=$(cat "$w/work/pid")
 				"$MNTV2" show --tree "$rpid" --canonical >"$w/after-rpc.txt" 2>&1 || true
 				if diff -q "$w/before.txt" "$w/after-rpc.txt" >/dev/null && "$MNTV2" verify --images "$w/img" --tree "$rpid" >/dev/null; then
@@ -201,7 +203,7 @@ if [ -d "$f01/img" ]; then
 				fi
 				kill_tree "$rpid"
 			fi
-			printf 'go-criu RPC + mntv2 Notify  %-30s %-7s %s\n' "$name" "$mode" "$cell"
+			printf 'go-criu RPC + mntv2 Notify  %-30s %-10s %s\n' "$name" "$mode" "$cell"
 			[ "$cell" = identical ] || fail "RPC $name $mode: $cell; see $w/work/rpc-$mode.out"
 		done
 	done

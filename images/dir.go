@@ -146,6 +146,28 @@ func (d *Dir) TaskIDs(pid uint32) (TaskIDs, error) {
 	return img.TaskIDs()
 }
 
+// RootMountNamespace is the mount namespace id of the root task (the first
+// task of pstree.img, as CRIU restores it first): the namespace whose root
+// mount is the restore root (criu/mount.c rst_mnt_is_root). ok is false
+// when the images do not say (no pstree or ids image).
+func (d *Dir) RootMountNamespace() (id uint32, ok bool, err error) {
+	if !d.Exists("pstree.img") {
+		return 0, false, nil
+	}
+	tasks, err := d.Tasks()
+	if err != nil || len(tasks) == 0 {
+		return 0, false, err
+	}
+	if !d.Exists(IDsFile(tasks[0].Pid)) {
+		return 0, false, nil
+	}
+	ids, err := d.TaskIDs(tasks[0].Pid)
+	if err != nil {
+		return 0, false, err
+	}
+	return ids.MntNS, ids.MntNS != 0, nil
+}
+
 // FSInfo reads fs-<pid>.img.
 func (d *Dir) FSInfo(pid uint32) (FSInfo, error) {
 	img, err := d.ReadImage(FSFile(pid), FS)

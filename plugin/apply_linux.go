@@ -22,6 +22,8 @@ type Config struct {
 	// FailSyscall makes the N-th mount syscall of post-restore fail: for
 	// tests of the abort path only.
 	FailSyscall int
+	// RootNS is the root task's mount namespace (0: the first).
+	RootNS uint32
 }
 
 // Report says what post-restore did.
@@ -39,6 +41,11 @@ type Report struct {
 	PlanSeconds   float64 `json:"plan_seconds"`
 	ApplySeconds  float64 `json:"apply_seconds"`
 	VerifySeconds float64 `json:"verify_seconds"`
+	// Differences are what verify found after the sharing was applied,
+	// each with its kind; Warnings what the plan restored less exactly
+	// than the images say (lenient).
+	Differences []forest.Difference `json:"differences"`
+	Warnings    []string            `json:"warnings,omitempty"`
 }
 
 // PostRestore finishes a restore of the images in d whose root task is
@@ -64,18 +71,21 @@ func PostRestore(d *images.Dir, root int, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.RootNS, _, err = d.RootMountNamespace(); err != nil {
+		return nil, err
+	}
 	nsPaths, err := RestoredNamespaces(d, root)
 	if err != nil {
 		return nil, err
 	}
 	if man == nil {
 		// The images were not rewritten: CRIU restored the sharing itself.
-		original, err := forest.Build(input)
+		original, err := forest.BuildImages(input)
 		if err != nil {
 			return nil, fmt.Errorf("images: %w", err)
 		}
 		rep := &Report{Namespaces: len(nsPaths), Mounts: original.Len()}
-		err = verifyNamespaces(original, nsPaths, cfg, log)
+		rep.Differences, err = verifyNamespaces(original, nsPaths, cfg, log)
 		rep.Seconds = time.Since(start).Seconds()
 		return rep, err
 	}
@@ -116,7 +126,7 @@ func ApplyLive(input []forest.NamespaceMounts, helpers []restore.HelperMount, ns
 		}()
 	}
 	defer wg.Wait() // no reader outlives this call, whatever fails
-	original, err := forest.Build(input)
+	original, err := forest.BuildImages(input)
 	if err != nil {
 		return nil, fmt.Errorf("images: %w", err)
 	}
@@ -143,14 +153,19 @@ func ApplyLive(input []forest.NamespaceMounts, helpers []restore.HelperMount, ns
 			return nil, fmt.Errorf("images with mntv2's helper mounts: %w", err)
 		}
 	}
-	hostGroups, err := hostGroups()
+	host, err := hostMounts()
 	if err != nil {
 		return nil, err
 	}
-	plan, err := restore.NewLivePlan(restore.Input{Forest: withHelpers,
-		Live: &restore.LiveInput{Helpers: helperSet, HostGroups: hostGroups}})
-	if err != nil {
-		return nil, err
+	liveIn := &restore.LiveInput{Helpers: helperSet}
+	in := restore.Input{Forest: withHelpers, Live: liveIn, RootNS: cfg.RootNS, HostLenient: cfg.Lenient}
+	// The plan needs the restored trees only to find the host's side of
+	// external sharing; otherwise it is made while they are read.
+	var plan *restore.Plan
+	if !restore.NeedsHost(withHelpers) {
+		if plan, err = restore.NewLivePlan(in); err != nil {
+			return nil, err
+		}
 	}
 	planDone := time.Now()
 	wg.Wait()
@@ -169,17 +184,26 @@ func ApplyLive(input []forest.NamespaceMounts, helpers []restore.HelperMount, ns
 		for _, e := range m.Missing {
 			bad = append(bad, fmt.Sprintf("mount %d (%s) was not restored", e.ID, e.Mountpoint))
 		}
-		for _, f := range m.Extra {
-			bad = append(bad, fmt.Sprintf("unexpected mount %d at %s (%s)", f.ID, f.Mountpoint, f.FSType))
-		}
 		if len(bad) > 0 {
 			return nil, fmt.Errorf("namespace %d as CRIU restored it does not match the images: %s", ns.ID, strings.Join(bad, "; "))
 		}
+		// A mount CRIU made that the images do not have (tracefs under a
+		// debugfs: CRIU never dumps it) takes no part in the sharing;
+		// verify reports it by its kind.
 		ln := &restore.LiveNamespace{NSPath: nsPaths[ns.ID], Tree: lns, Mounts: make(map[uint32]*forest.Mount, len(m.Pairs))}
 		for e, f := range m.Pairs {
 			ln.Mounts[e.ID] = f
 		}
 		live[ns.ID] = ln
+	}
+	if plan == nil {
+		liveIn.HostPaths, liveIn.NoHost, liveIn.HostPeers = restore.HostPaths(withHelpers, cfg.RootNS, live, host)
+		if plan, err = restore.NewLivePlan(in); err != nil {
+			return nil, err
+		}
+	}
+	for _, w := range plan.Warnings {
+		log.Warn("post-restore: " + w)
 	}
 	readDone := time.Now()
 	res, err := restore.Apply(plan, restore.Options{Live: live, Log: log, FailSyscall: cfg.FailSyscall})
@@ -189,7 +213,8 @@ func ApplyLive(input []forest.NamespaceMounts, helpers []restore.HelperMount, ns
 	rep := &Report{Namespaces: len(live), Mounts: original.Len(), Steps: len(plan.Steps), Helpers: plan.Helpers, Result: *res}
 	vstart := time.Now()
 	rep.ReadSeconds, rep.PlanSeconds, rep.ApplySeconds = readDone.Sub(start).Seconds(), planDone.Sub(start).Seconds(), vstart.Sub(readDone).Seconds()
-	err = verifyNamespaces(original, nsPaths, cfg, log)
+	rep.Warnings = plan.Warnings
+	rep.Differences, err = verifyNamespaces(original, nsPaths, cfg, log)
 	rep.VerifySeconds = time.Since(vstart).Seconds()
 	if err != nil {
 		return rep, err
@@ -200,34 +225,47 @@ func ApplyLive(input []forest.NamespaceMounts, helpers []restore.HelperMount, ns
 	return rep, nil
 }
 
-// verifyNamespaces compares the live namespaces with the images.
-func verifyNamespaces(original *forest.Forest, nsPaths map[uint32]string, cfg Config, log *slog.Logger) error {
+// verifyNamespaces compares the live namespaces with the images. mntv2
+// made the sharing (peer groups, masters, unbindable), so a sharing
+// difference aborts the restore (unless lenient); the tree and the flags
+// are CRIU's doing, and remapped ones the runtime's choice (external
+// sources, cgroup roots): CRIU alone leaves them the same, so they are
+// warnings, never an abort.
+func verifyNamespaces(original *forest.Forest, nsPaths map[uint32]string, cfg Config, log *slog.Logger) (diffs []forest.Difference, err error) {
 	paths := make(map[uint32]string, len(original.Namespaces))
 	for _, ns := range original.Namespaces {
 		paths[ns.ID] = nsPaths[ns.ID]
 	}
 	found, err := forest.ReadNamespaceFiles(paths)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	ff, err := forest.Build(found)
 	if err != nil {
-		return fmt.Errorf("restored namespaces: %w", err)
+		return nil, fmt.Errorf("restored namespaces: %w", err)
 	}
-	diffs := forest.Compare(original, ff)
-	if len(diffs) == 0 {
-		return nil
-	}
-	var lines []string
+	diffs = forest.Compare(original, ff)
+	var fatal, other []string
 	for _, d := range diffs {
-		lines = append(lines, d.String())
+		if d.Kind == forest.KindSharing {
+			fatal = append(fatal, d.String())
+		} else {
+			other = append(other, d.String())
+		}
 	}
-	err = fmt.Errorf("the restored mounts differ from the images in %d ways:\n%s", len(diffs), strings.Join(lines, "\n"))
+	if len(other) > 0 {
+		log.Warn(fmt.Sprintf("post-restore: the restored mounts differ from the images in %d ways that CRIU or the runtime decides (not aborting): %s",
+			len(other), strings.Join(other, "; ")))
+	}
+	if len(fatal) == 0 {
+		return diffs, nil
+	}
+	err = fmt.Errorf("the restored mounts' sharing differs from the images in %d ways:\n%s", len(fatal), strings.Join(fatal, "\n"))
 	if !cfg.Lenient {
-		return err
+		return diffs, err
 	}
 	log.Warn("restored mounts differ (lenient: not aborting)", "err", err)
-	return nil
+	return diffs, nil
 }
 
 func readLive(nsPath string, id uint32) (*forest.Forest, error) {
@@ -242,22 +280,16 @@ func readLive(nsPath string, id uint32) (*forest.Forest, error) {
 	return f, nil
 }
 
-// hostGroups maps each peer group of the calling thread's mount namespace
-// (the one CRIU restores from) to a mountpoint of one of its mounts. It
+// hostMounts reads the mounts of the calling thread's mount namespace
+// (the one CRIU restores from), the host side of external sharing. It
 // reads /proc/thread-self on a locked thread: in a Go program the main
 // thread (what /proc/PID shows) may be left in another namespace.
-func hostGroups() (map[uint32]string, error) {
+func hostMounts() ([]forest.Mount, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	nm, err := forest.ReadMountinfoFile("/proc/thread-self/mountinfo", 0)
 	if err != nil {
 		return nil, err
 	}
-	groups := map[uint32]string{}
-	for _, m := range nm.Mounts {
-		if _, ok := groups[m.PeerGroup]; m.PeerGroup != 0 && !ok {
-			groups[m.PeerGroup] = m.Mountpoint
-		}
-	}
-	return groups, nil
+	return nm.Mounts, nil
 }

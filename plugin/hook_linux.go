@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -26,6 +27,7 @@ const (
 	EnvLenient     = "MNTV2_LENIENT"      // 1: a namespace that differs after post-restore only logs
 	EnvDisable     = "MNTV2_DISABLE"      // 1: every action exits 0 at once
 	EnvFailSyscall = "MNTV2_FAIL_SYSCALL" // N: fail the N-th mount syscall of post-restore (tests)
+	EnvReport      = "MNTV2_REPORT"       // FILE: post-restore writes what it did and found there (JSON)
 )
 
 // ConfigFile holds MNTV2_* settings as KEY=VALUE lines, for CRIU runs whose
@@ -35,9 +37,10 @@ var ConfigFile = "/etc/mntv2/criu-hook.conf"
 // Settings are the hook's settings, resolved.
 type Settings struct {
 	Config
-	LogFile  string
-	LogLevel slog.Level
-	Disabled bool
+	LogFile    string
+	LogLevel   slog.Level
+	Disabled   bool
+	ReportFile string // MNTV2_REPORT
 }
 
 // LoadSettings reads the settings from getenv, then from ConfigFile.
@@ -65,7 +68,7 @@ func LoadSettings(getenv func(string) string) (Settings, error) {
 		}
 		return file[k]
 	}
-	s := Settings{LogFile: get(EnvLog), LogLevel: slog.LevelInfo}
+	s := Settings{LogFile: get(EnvLog), LogLevel: slog.LevelInfo, ReportFile: get(EnvReport)}
 	if v := get(EnvLogLevel); v != "" {
 		if err := s.LogLevel.UnmarshalText([]byte(v)); err != nil {
 			return s, fmt.Errorf("%s=%q: want debug, info, warn or error", EnvLogLevel, v)
@@ -126,7 +129,10 @@ func Hook(getenv func(string) string, s Settings, log *slog.Logger) error {
 		if err != nil || pid <= 0 {
 			return fmt.Errorf("post-restore: %s=%q is not a pid", EnvInitPID, getenv(EnvInitPID))
 		}
-		_, err = PostRestore(d, pid, s.Config)
+		rep, err := PostRestore(d, pid, s.Config)
+		if s.ReportFile != "" {
+			writeReport(s.ReportFile, rep, err, log)
+		}
 		if err != nil {
 			return fmt.Errorf("post-restore: %w", err)
 		}
@@ -180,5 +186,24 @@ func pauseAt(step string, log *slog.Logger) func(string) error {
 			time.Sleep(30 * time.Second)
 		}
 		return nil
+	}
+}
+
+// ReportSchema names the JSON MNTV2_REPORT receives.
+const ReportSchema = "mntv2.post-restore-report/v1"
+
+// writeReport writes what post-restore did and found to file (MNTV2_REPORT).
+func writeReport(file string, rep *Report, err error, log *slog.Logger) {
+	doc := struct {
+		Schema string  `json:"schema"`
+		Error  string  `json:"error,omitempty"`
+		Report *Report `json:"report,omitempty"`
+	}{Schema: ReportSchema, Report: rep}
+	if err != nil {
+		doc.Error = err.Error()
+	}
+	data, _ := json.MarshalIndent(doc, "", "  ")
+	if werr := os.WriteFile(file, append(data, '\n'), 0o600); werr != nil {
+		log.Warn("post-restore: cannot write the report", "file", file, "err", werr)
 	}
 }

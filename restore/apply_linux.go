@@ -142,6 +142,10 @@ type applier struct {
 	fills   []*fill
 	premade map[Handle][]string // mountpointsIn
 	step    int                 // the step running
+	// The restorer's mounts by id (openHost), read once.
+	hostTree map[uint64]forest.Mount
+	// Deleted roots made again (makeDeleted), until removed.
+	deleted []*remade
 }
 
 type kind int8
@@ -460,6 +464,11 @@ func (a *applier) do(s Step) error {
 	case OpFillTmpfs:
 		return a.fillTmpfs(s)
 	case OpOpenExternal:
+		if s.Deleted {
+			if err := a.makeDeleted(s); err != nil {
+				return err
+			}
+		}
 		fd, err := a.sysFd("open_tree", func() (int, error) {
 			return unix.OpenTree(unix.AT_FDCWD, s.Path, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
 		})
@@ -489,6 +498,8 @@ func (a *applier) do(s Step) error {
 		return a.sys("mount_setattr", func() error {
 			return unix.MountSetattr(a.fds[s.Handle], "", unix.AT_EMPTY_PATH, attr)
 		})
+	case OpRemoveDeleted:
+		return a.removeDeleted(s)
 	case OpDrop:
 		if err := a.waitDone(a.fillFor(s.Handle)); err != nil {
 			return err
@@ -517,7 +528,8 @@ func (a *applier) propagation(s Step, call string, flag uintptr) error {
 }
 
 // createNamespace runs on the namespace's worker: a new mount namespace,
-// all private, whose root becomes a private bind of the restore root.
+// all private, whose root becomes a private bind of the restore root, or
+// (s.From) the detached mount made for it.
 func (a *applier) createNamespace(s Step) error {
 	nsfd, err := a.unshareNewer()
 	if err != nil {
@@ -527,13 +539,22 @@ func (a *applier) createNamespace(s Step) error {
 	if err := a.sys("mount(MS_REC|MS_PRIVATE)", func() error { return unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, "") }); err != nil {
 		return err
 	}
-	root, err := a.sysFd("open_tree", func() (int, error) {
-		return unix.OpenTree(unix.AT_FDCWD, a.opt.Root, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
-	})
-	if err != nil {
-		return fmt.Errorf("restore root %s: %w", a.opt.Root, err)
+	var root int
+	if s.From != NoHandle {
+		// Its fd stays the handle's until it is replaced below.
+		root = a.fds[s.From]
+	} else {
+		root, err = a.sysFd("open_tree", func() (int, error) {
+			return unix.OpenTree(unix.AT_FDCWD, a.opt.Root, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+		})
+		if err != nil {
+			return fmt.Errorf("restore root %s: %w", a.opt.Root, err)
+		}
+		defer unix.Close(root)
 	}
-	defer unix.Close(root)
+	// The new root is stacked on the restore root's path in this copy of
+	// the namespace it was made from, entered, and pivoted to; the old
+	// tree is detached.
 	if err := a.sys("move_mount", func() error {
 		return unix.MoveMount(root, "", unix.AT_FDCWD, a.opt.Root, unix.MOVE_MOUNT_F_EMPTY_PATH)
 	}); err != nil {
@@ -554,6 +575,9 @@ func (a *applier) createNamespace(s Step) error {
 	fd, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return sysErr("open(/)", err)
+	}
+	if old := a.fds[s.Handle]; old >= 0 {
+		unix.Close(old)
 	}
 	a.fds[s.Handle] = fd
 	return nil
@@ -684,6 +708,11 @@ func (a *applier) fillTmpfs(s Step) error {
 func (a *applier) bind(s Step) error {
 	if s.Path != "" {
 		if err := a.waitCreated(a.fillFor(s.From)); err != nil {
+			return err
+		}
+	}
+	if s.Deleted {
+		if err := a.makeDeleted(s); err != nil {
 			return err
 		}
 	}
@@ -979,6 +1008,11 @@ func (a *applier) pin(s Step) error {
 // mountpoints, then the mountpoints mntv2 created.
 func (a *applier) rollback() {
 	a.stopFills()
+	for i := len(a.deleted) - 1; i >= 0; i-- {
+		if err := a.deleted[i].remove(); err != nil {
+			a.opt.Log.Warn("rollback: cannot remove a deleted root mntv2 made again", "path", a.deleted[i].path, "err", err)
+		}
+	}
 	for i := len(a.pins) - 1; i >= 0; i-- {
 		p := filepath.Join(a.opt.PinDir, a.pins[i])
 		_ = unix.Unmount(p, unix.MNT_DETACH)
@@ -1018,6 +1052,10 @@ func (a *applier) rollback() {
 // release closes every fd and ends every worker, after success or rollback.
 func (a *applier) release() {
 	a.stopFills() // before any fd it writes through is closed
+	for _, d := range a.deleted {
+		d.close()
+	}
+	a.deleted = nil
 	if a.dirCache.fd >= 0 {
 		unix.Close(a.dirCache.fd)
 		a.dirCache.fd = -1

@@ -31,7 +31,11 @@ func Preflight(plan *Plan, opt Options) error {
 	for _, s := range plan.Steps {
 		switch s.Op {
 		case OpOpenExternal:
-			if _, err := os.Stat(s.Path); err != nil {
+			check := s.Path
+			if s.Deleted {
+				check = filepath.Dir(s.Path) // made again there
+			}
+			if _, err := os.Stat(check); err != nil {
 				errs = append(errs, fmt.Errorf("namespace %d, mount %d (%s): external source: %w", s.NS, s.Mount, plan.Handles[s.Handle].What, err))
 			}
 		case OpFillTmpfs:

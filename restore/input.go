@@ -39,6 +39,9 @@ func LoadInput(d *images.Dir) (Input, error) {
 		return Input{}, err
 	}
 	in := Input{Forest: f, TmpfsContent: map[uint32]bool{}}
+	if in.RootNS, _, err = d.RootMountNamespace(); err != nil {
+		return Input{}, err
+	}
 	for _, n := range names {
 		s, ok := strings.CutPrefix(n, "tmpfs-dev-")
 		if !ok {

@@ -23,10 +23,16 @@ import (
 type LiveInput struct {
 	// Helpers are the mounts LiveHelpers added, by namespace and mount id.
 	Helpers map[MountRef]bool
-	// HostGroups maps a peer group id to the path, in the restorer's mount
-	// namespace, of a mount of that group: the host side of external
-	// sharing and of external masters.
-	HostGroups map[uint32]string
+	// HostPaths gives, for an image mount restored from the host (an
+	// external mount, the restore root), a path in the restorer's mount
+	// namespace on which the host mount it was bound from lies: the host
+	// side of external sharing and of external masters. NoHost says why
+	// one has none.
+	HostPaths map[MountRef]string
+	NoHost    map[MountRef]string
+	// HostPeers names the explicitly keyed external mounts whose host
+	// mount is still in the peer group they hold: they were its peers.
+	HostPeers map[MountRef]bool
 }
 
 // MountRef names a mount of a forest.
@@ -88,35 +94,6 @@ func openRank(s Step) int {
 	return 2
 }
 
-// hostMasters plans the slave-only mounts of groups that are not in the
-// images (external masters): each copies the host group, then becomes its
-// slave.
-func (p *planner) hostMasters() error {
-	var problems []string
-	for _, g := range p.in.Forest.Groups() {
-		if len(g.Members) > 0 {
-			continue
-		}
-		host := p.hostGroup(g.ID)
-		for _, s := range g.Slaves {
-			if host == NoHandle {
-				problems = append(problems, fmt.Sprintf("namespace %d, mount %d (%s): its master, peer group %d, is not in the images and no mount of this host is in it",
-					s.NS.ID, s.ID, s.Mountpoint, g.ID))
-				continue
-			}
-			if s.PeerGroup != 0 {
-				continue // its own group joined the host group (planGroup)
-			}
-			p.setGroup(host, p.h(s), s, p.whyf("join host group %d, to become its slave", g.ID))
-			p.propagation(OpMakeSlave, p.h(s), s, p.whyf("slave of host group %d", g.ID))
-		}
-	}
-	if len(problems) > 0 {
-		return &UnsupportedError{Mounts: problems}
-	}
-	return nil
-}
-
 // h is the handle of mount m; a live plan opens the restored mount the
 // first time it is needed.
 func (p *planner) h(m *forest.Mount) Handle {
@@ -132,42 +109,15 @@ func (p *planner) h(m *forest.Mount) Handle {
 	return h
 }
 
-// hostGroup is a handle of a host mount in peer group id, NoHandle when
-// there is none (or the plan is not live).
-func (p *planner) hostGroup(id uint32) Handle {
-	if p.in.Live == nil || id == 0 {
-		return NoHandle
-	}
-	if h, ok := p.host[id]; ok {
-		return h
-	}
-	path, ok := p.in.Live.HostGroups[id]
-	if !ok {
-		return NoHandle
-	}
-	h := p.newHandle(HandleInfo{What: fmt.Sprintf("host mount %s of peer group %d", path, id)})
-	p.host[id] = h
-	s := step(OpOpenHost)
-	s.Handle, s.Path, s.Why = h, path, fmt.Sprintf("a mount of this host in peer group %d", id)
-	p.add(s)
-	return h
-}
-
-// hostGroupIf is hostGroup(id) when cond holds: a host mount is opened
-// only for a group that uses it.
-func (p *planner) hostGroupIf(cond bool, id uint32) Handle {
-	if !cond {
-		return NoHandle
-	}
-	return p.hostGroup(id)
-}
-
-// indexDevs lists the non-root mounts of each superblock: in a live plan
-// any of them can be the source of a helper.
+// indexDevs lists the mounts of each superblock, namespace roots
+// included: in a live plan any of them can be the source of a helper.
 func (p *planner) indexDevs() {
-	p.walk(func(m *forest.Mount) {
-		p.devMounts[m.Dev] = append(p.devMounts[m.Dev], m)
-	})
+	for _, ns := range p.in.Forest.Namespaces {
+		_ = ns.Walk(func(m *forest.Mount) error {
+			p.devMounts[m.Dev] = append(p.devMounts[m.Dev], m)
+			return nil
+		})
+	}
 }
 
 // walk calls fn for every non-root mount, namespace by namespace, parents
@@ -214,7 +164,7 @@ func LiveHelpers(f *forest.Forest) ([]HelperMount, error) {
 	}
 	var helpers []HelperMount
 	for _, gp := range order {
-		if allExternal(gp.Members) || widestContaining(p.devMounts[gp.dev], gp.need) != nil {
+		if p.hostPeers(gp) != nil || widestContaining(p.devMounts[gp.dev], gp.need) != nil {
 			continue
 		}
 		var leaf *forest.Mount

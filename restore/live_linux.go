@@ -341,13 +341,45 @@ func (a *applier) unstack(s Step) error {
 	return err
 }
 
-// openHost opens a mount of the restorer's namespace (no clone).
+// openHost opens, in the restorer's mount namespace (this thread's), the
+// host mount on which s.Path lies ("": the restore root), without a clone:
+// the host side of external sharing. It is found by the path, never by a
+// peer group number, and must be in a peer group or have a master.
 func (a *applier) openHost(s Step) error {
+	p := s.Path
+	if p == "" {
+		p = a.opt.Root
+	}
+	var stx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, p, 0, unix.STATX_MNT_ID, &stx); err != nil {
+		return sysErr("statx", fmt.Errorf("host path %s: %w", p, err))
+	}
+	if a.hostTree == nil {
+		nm, err := forest.ReadMountinfoFile("/proc/thread-self/mountinfo", 0)
+		if err != nil {
+			return fmt.Errorf("this host's mounts: %w", err)
+		}
+		a.hostTree = make(map[uint64]forest.Mount, len(nm.Mounts))
+		for _, m := range nm.Mounts {
+			a.hostTree[uint64(m.ID)] = m
+		}
+	}
+	m, ok := a.hostTree[stx.Mnt_id]
+	if !ok {
+		return fmt.Errorf("host path %s: its mount %d is not in this namespace's mountinfo", p, stx.Mnt_id)
+	}
+	if m.PeerGroup == 0 && m.Master == 0 {
+		return fmt.Errorf("the host mount %s (mount %d), on which %s lies, is in no peer group and has no master: the host's side of the sharing the images record is gone", m.Mountpoint, m.ID, p)
+	}
 	fd, err := a.sysFd("open_tree", func() (int, error) {
-		return unix.OpenTree(unix.AT_FDCWD, s.Path, unix.OPEN_TREE_CLOEXEC|unix.AT_SYMLINK_NOFOLLOW)
+		return unix.OpenTree(unix.AT_FDCWD, m.Mountpoint, unix.OPEN_TREE_CLOEXEC|unix.AT_SYMLINK_NOFOLLOW)
 	})
 	if err != nil {
-		return fmt.Errorf("host mount %s: %w", s.Path, err)
+		return fmt.Errorf("host mount %s: %w", m.Mountpoint, err)
+	}
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &stx); err != nil || stx.Mnt_id != uint64(m.ID) {
+		unix.Close(fd)
+		return fmt.Errorf("host mount %s (mount %d) of %s is covered by another mount", m.Mountpoint, m.ID, p)
 	}
 	a.fds[s.Handle] = fd
 	return nil

@@ -31,6 +31,7 @@ const (
 	OpMakeShared      Op = "make-shared"      // MS_SHARED
 	OpMakeUnbindable  Op = "make-unbindable"  // MS_UNBINDABLE
 	OpSetFlags        Op = "set-flags"        // mount_setattr: the per-mount flags, inside the namespace
+	OpRemoveDeleted   Op = "remove-deleted"   // remove the root made again for a deleted-root bind, once the sharing is done
 	OpDrop            Op = "drop"             // close a handle that is no mount of the result (a source or helper)
 	OpPin             Op = "pin"              // keep the namespace alive as PIN/mntns-<ID>
 
@@ -73,6 +74,13 @@ type Step struct {
 	// created there must be removed again on rollback.
 	Persistent bool `json:"persistent,omitempty"`
 
+	// Deleted (bind): the mount's root was deleted; it is made again at
+	// Path in From (a directory, or a file when the mountpoint, Target in
+	// Parent, is one), bound, and removed after the sharing, as CRIU does
+	// (criu/mount-v2.c do_bind_mount_v2, remove_source_of_deleted_mount).
+	Deleted bool   `json:"deleted,omitempty"`
+	Target  string `json:"target,omitempty"`
+
 	Why string `json:"why"`
 }
 
@@ -94,8 +102,11 @@ func (s Step) String() string {
 	if s.Parent != NoHandle {
 		fmt.Fprintf(&b, " under=h%d", s.Parent)
 	}
-	if s.Op == OpAttach || s.Op == OpBind || s.Op == OpOpenExternal {
+	if s.Op == OpAttach || s.Op == OpBind || s.Op == OpOpenExternal || s.Op == OpOpenHost || s.Op == OpRemoveDeleted {
 		fmt.Fprintf(&b, " path=%q", s.Path)
+	}
+	if s.Deleted {
+		fmt.Fprintf(&b, " deleted target=%q", s.Target)
 	}
 	if s.FSType != "" {
 		fmt.Fprintf(&b, " %s source=%q options=%q", s.FSType, s.Source, s.Options)
@@ -123,6 +134,9 @@ type Plan struct {
 	Handles    []HandleInfo `json:"handles"`
 	Steps      []Step       `json:"steps"`
 	Helpers    int          `json:"helpers"`
+	// Warnings are what the plan restores less exactly than the images
+	// say, and why (Input.HostLenient).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Input is everything the planner needs to know.
@@ -136,15 +150,18 @@ type Input struct {
 	// TmpfsContent says which superblocks (root_dev) have a
 	// tmpfs-dev-<dev>.tar.gz.img.
 	TmpfsContent map[uint32]bool
+	// RootNS is the mount namespace of the root task (pstree's first task):
+	// its root mount is the restore root. When the forest has no such
+	// namespace, the first one is.
+	RootNS uint32
 	// Live is set for a live plan (NewLivePlan).
 	Live *LiveInput
 	// Explain gives a live plan's steps their full reasons.
 	Explain bool
-}
-
-// Supported lists the filesystems mntv2 creates new instances of.
-var Supported = map[string]bool{
-	"tmpfs": true, "proc": true, "sysfs": true, "devpts": true, "mqueue": true, "cgroup2": true,
+	// HostLenient restores a group whose host group cannot be joined (its
+	// host mount is gone or in no group) among the images' mounts only,
+	// with a warning in the plan, instead of failing.
+	HostLenient bool
 }
 
 // UnsupportedError lists every mount that cannot be restored, before anything
@@ -154,5 +171,9 @@ type UnsupportedError struct {
 }
 
 func (e *UnsupportedError) Error() string {
-	return fmt.Sprintf("%d mounts cannot be restored: %s", len(e.Mounts), strings.Join(e.Mounts, "; "))
+	const shown = 10
+	if len(e.Mounts) <= shown {
+		return fmt.Sprintf("%d mounts cannot be restored: %s", len(e.Mounts), strings.Join(e.Mounts, "; "))
+	}
+	return fmt.Sprintf("%d mounts cannot be restored: %s; and %d more", len(e.Mounts), strings.Join(e.Mounts[:shown], "; "), len(e.Mounts)-shown)
 }

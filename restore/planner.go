@@ -3,7 +3,6 @@ package restore
 import (
 	"fmt"
 	"path"
-	"slices"
 	"strings"
 
 	"github.com/mntv2/mntv2/forest"
@@ -16,13 +15,24 @@ type planner struct {
 	handle  map[*forest.Mount]Handle
 	source  map[uint32]Handle          // superblock (dev) -> handle of a new mount of its root
 	extRoot map[uint32][]*forest.Mount // superblock -> its external mounts
-	rootOf  map[uint32]*forest.Mount   // superblock -> a namespace root mount on it
 	born    map[uint32]*forest.Mount   // peer group -> the representative its members are cloned from
 
+	// The root mount of the root namespace: the restore root. Every other
+	// mount, other namespaces' roots included, comes from src.
+	rootMnt *forest.Mount
+	src     map[*forest.Mount]source
+
+	// Host groups that cannot be joined (noHost).
+	noHosts []string
+
+	// Deleted roots made again, removed after the sharing.
+	deletedSeen  map[string]bool
+	deletedSteps []Step
+
 	// Sharing phase and live plans.
-	groups    map[uint32]*groupPlan
-	devMounts map[uint32][]*forest.Mount // live: superblock -> its mounts
-	host      map[uint32]Handle          // live: peer group -> handle of a host mount in it
+	groups     map[uint32]*groupPlan
+	devMounts  map[uint32][]*forest.Mount // live: superblock -> its mounts
+	hostByPath map[string]Handle          // host path -> handle of the host mount it lies on
 }
 
 func newPlanner(in Input) *planner {
@@ -32,9 +42,14 @@ func newPlanner(in Input) *planner {
 	}
 	// At most about four steps and one handle per mount: sized once.
 	plan := &Plan{Steps: make([]Step, 0, 4*n+16), Handles: make([]HandleInfo, 0, n+16)}
-	return &planner{in: in, plan: plan, handle: make(map[*forest.Mount]Handle, n),
-		source: map[uint32]Handle{}, extRoot: map[uint32][]*forest.Mount{}, rootOf: map[uint32]*forest.Mount{},
-		born: map[uint32]*forest.Mount{}, devMounts: map[uint32][]*forest.Mount{}, host: map[uint32]Handle{}}
+	p := &planner{in: in, plan: plan, handle: make(map[*forest.Mount]Handle, n),
+		source: map[uint32]Handle{}, extRoot: map[uint32][]*forest.Mount{},
+		born: map[uint32]*forest.Mount{}, devMounts: map[uint32][]*forest.Mount{}, hostByPath: map[string]Handle{},
+		deletedSeen: map[string]bool{}}
+	if in.Forest != nil && len(in.Forest.Namespaces) > 0 {
+		p.rootMnt = rootNamespace(in).Root
+	}
+	return p
 }
 
 func (p *planner) newHandle(info HandleInfo) Handle {
@@ -54,31 +69,29 @@ func step(op Op) Step { return Step{Op: op, Handle: NoHandle, From: NoHandle, Pa
 func NewPlan(in Input) (*Plan, error) {
 	f := in.Forest
 	p := newPlanner(in)
-	if err := p.check(); err != nil {
-		return nil, err
-	}
 	p.walk(func(m *forest.Mount) {
 		if m.External != "" {
 			p.extRoot[m.Dev] = append(p.extRoot[m.Dev], m)
 		}
 	})
-	for _, ns := range f.Namespaces {
-		if p.rootOf[ns.Root.Dev] == nil {
-			p.rootOf[ns.Root.Dev] = ns.Root
-		}
+	if err := p.resolveSources(); err != nil {
+		return nil, err
 	}
 	// Filling a tmpfs runs beside the other steps (see fill): the fills
 	// come first, so that the rest overlaps them.
 	p.fills()
 	for _, ns := range f.Namespaces {
 		p.plan.Namespaces = append(p.plan.Namespaces, ns.ID)
-		h := p.newHandle(HandleInfo{NS: ns.ID, Mount: ns.Root.ID, Root: true, What: "root of namespace " + u32(ns.ID)})
-		p.handle[ns.Root] = h
-		s := step(OpCreateNamespace)
-		s.NS, s.Mount, s.Handle = ns.ID, ns.Root.ID, h
-		s.Why = "a new mount namespace whose root mount is a private bind of the restore root"
-		p.add(s)
 	}
+	// The root namespace first: the other namespaces' mounts of the
+	// restore root are bound from its root mount.
+	r := p.rootMnt
+	h := p.newHandle(HandleInfo{NS: r.NS.ID, Mount: r.ID, Root: true, What: "root of namespace " + u32(r.NS.ID)})
+	p.handle[r] = h
+	s := step(OpCreateNamespace)
+	s.NS, s.Mount, s.Handle = r.NS.ID, r.ID, h
+	s.Why = "a new mount namespace whose root mount is a private bind of the restore root"
+	p.add(s)
 	order, byID, err := p.analyzeSharing()
 	if err != nil {
 		return nil, err
@@ -87,56 +100,31 @@ func NewPlan(in Input) (*Plan, error) {
 	if err := p.createMounts(); err != nil {
 		return nil, err
 	}
+	// Every other namespace is entered with its root mount, made above.
+	for _, ns := range f.Namespaces {
+		if ns.Root == r {
+			continue
+		}
+		p.plan.Handles[p.handle[ns.Root]].Root = true
+		s := step(OpCreateNamespace)
+		s.NS, s.Mount, s.Handle, s.From = ns.ID, ns.Root.ID, p.handle[ns.Root], p.handle[ns.Root]
+		s.Why = "a new mount namespace whose root mount is the mount made for it"
+		p.add(s)
+	}
 	p.assemble()
 	p.groups = byID
 	if err := p.planGroups(order); err != nil {
 		return nil, err
 	}
+	if err := p.hostMasters(); err != nil {
+		return nil, err
+	}
+	p.plan.Steps = append(p.plan.Steps, p.deletedSteps...)
 	p.finish()
 	return p.plan, nil
 }
 
 func u32(v uint32) string { return fmt.Sprint(v) }
-
-// check reports, all at once, the mounts that cannot be restored.
-func (p *planner) check() error {
-	var bad []string
-	for _, ns := range p.in.Forest.Namespaces {
-		for _, m := range ns.Mounts {
-			if m.IsRoot() {
-				continue
-			}
-			where := func() string { return fmt.Sprintf("namespace %d, mount %d (%s)", ns.ID, m.ID, m.Mountpoint) }
-			switch {
-			case m.External != "":
-				if _, ok := p.externalPath(m); !ok {
-					bad = append(bad, fmt.Sprintf("%s: external mount %q has no --ext-mount-map entry", where(), m.External))
-				}
-			case m.Dev == ns.Root.Dev:
-				if !contains(ns.Root.Root, m.Root) {
-					bad = append(bad, fmt.Sprintf("%s: a bind of the root filesystem, but its root %q is outside the namespace root %q", where(), m.Root, ns.Root.Root))
-				}
-			case !Supported[m.FSType]:
-				bad = append(bad, fmt.Sprintf("%s: filesystem %q is not supported (supported: %s)", where(), m.FSType, supportedList()))
-			case m.Deleted:
-				bad = append(bad, fmt.Sprintf("%s: deleted root %q is not supported", where(), m.Root))
-			}
-		}
-	}
-	if len(bad) > 0 {
-		return &UnsupportedError{Mounts: bad}
-	}
-	return nil
-}
-
-func supportedList() string {
-	var names []string
-	for n := range Supported {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return strings.Join(names, ", ")
-}
 
 // externalPath is the host path an external mount is bound from.
 func (p *planner) externalPath(m *forest.Mount) (string, bool) {
@@ -165,20 +153,21 @@ func relTo(p, dir string) string {
 	return rel(strings.TrimPrefix(p, dir))
 }
 
-// createMounts plans every mount as a detached, private mount: a new
-// superblock per filesystem instance, filled with its tmpfs content, then a
-// bind of each mount's root from it; external mounts are cloned from the host.
+// createMounts plans every mount as a detached, private mount, superblock
+// by superblock: external mounts are cloned from the host; a mount of the
+// restore root, or of an external mount's superblock, is a bind of it; the
+// others are binds of a new superblock, filled with its tmpfs content. A
+// mount whose root was deleted comes last (see deletedBind).
 func (p *planner) createMounts() error {
 	order, bySB := p.bySuperblock(func(*forest.Mount) bool { return true })
+	var deleted []*forest.Mount
 	for _, dev := range order {
-		exts := p.extRoot[dev]
-		var others []*forest.Mount
-		for _, m := range bySB[dev] {
-			if m.External == "" {
-				others = append(others, m)
+		var fresh []*forest.Mount
+		for _, m := range p.extRoot[dev] {
+			if m.Deleted {
+				deleted = append(deleted, m)
+				continue
 			}
-		}
-		for _, m := range exts {
 			hostPath, _ := p.externalPath(m)
 			h := p.newHandle(HandleInfo{NS: m.NS.ID, Mount: m.ID, What: "external " + m.Mountpoint})
 			p.handle[m] = h
@@ -187,45 +176,30 @@ func (p *planner) createMounts() error {
 			s.Why = fmt.Sprintf("external mount %q: a private clone of %s on this host", m.External, hostPath)
 			p.add(s)
 		}
-		if len(others) == 0 {
-			continue
-		}
-		if p.rootOf[dev] != nil {
-			// A bind of the restore root: bound from its namespace's root
-			// mount (inside that namespace: the kernel clones only mounts
-			// of the caller's namespace).
-			for _, m := range others {
-				r := m.NS.Root
-				if r.Dev != dev {
-					r = p.rootOf[dev]
+		for _, m := range bySB[dev] {
+			src := p.src[m]
+			switch {
+			case src.kind == fromHost:
+			case m.Deleted:
+				deleted = append(deleted, m)
+				if src.kind == fromNew {
+					p.sourceHandle(dev, bySB[dev])
 				}
-				if !contains(r.Root, m.Root) {
-					return &UnsupportedError{Mounts: []string{fmt.Sprintf("namespace %d, mount %d (%s): its root %q is outside the restore root's %q",
-						m.NS.ID, m.ID, m.Mountpoint, m.Root, r.Root)}}
-				}
-				p.bind(m, p.handle[r], relTo(m.Root, r.Root), "a bind of the restore root at "+m.Root)
+			case src.kind == fromRestoreRoot:
+				// Bound inside the root namespace: the kernel clones only
+				// mounts of the caller's namespace.
+				p.bind(m, p.handle[src.from], relTo(m.Root, src.from.Root), "a bind of the restore root at "+m.Root)
+			case src.kind == fromExternal:
+				p.bind(m, p.handle[src.from], relTo(m.Root, src.from.Root), "a mount of an external superblock, bound from "+src.from.Mountpoint)
+			case src.kind == fromNew:
+				fresh = append(fresh, m)
 			}
+		}
+		if len(fresh) == 0 {
 			continue
 		}
-		if len(exts) > 0 {
-			// A mount of an external superblock: bind it from an external
-			// mount whose root contains its own.
-			for _, m := range others {
-				src := widestContaining(exts, m.Root)
-				if src == nil {
-					return &UnsupportedError{Mounts: []string{fmt.Sprintf(
-						"namespace %d, mount %d (%s): shares a superblock with external mounts, none of whose roots contains %q",
-						m.NS.ID, m.ID, m.Mountpoint, m.Root)}}
-				}
-				p.bind(m, p.handle[src], relTo(m.Root, src.Root), "a mount of an external superblock, bound from "+src.Mountpoint)
-			}
-			continue
-		}
-		src, ok := p.source[dev]
-		if !ok {
-			src = p.newSuperblock(others)
-		}
-		for _, m := range others {
+		src := p.sourceHandle(dev, fresh)
+		for _, m := range fresh {
 			if rep := p.born[m.PeerGroup]; rep != nil {
 				p.bindPeer(m, rep, src)
 			} else {
@@ -233,7 +207,55 @@ func (p *planner) createMounts() error {
 			}
 		}
 	}
+	for _, m := range deleted {
+		p.deletedBind(m)
+	}
 	return nil
+}
+
+// sourceHandle is the new superblock of dev, planned the first time.
+func (p *planner) sourceHandle(dev uint32, mounts []*forest.Mount) Handle {
+	if h, ok := p.source[dev]; ok {
+		return h
+	}
+	return p.newSuperblock(mounts)
+}
+
+// deletedBind plans a bind of a mount whose root was deleted: the root is
+// made again in its source, bound, and removed once the sharing is done
+// (removeDeleted), so that the mount shows its root deleted again. Every
+// other mount is made by then, its parent included: whether the root is a
+// directory or a file is read from its mountpoint, as CRIU does.
+func (p *planner) deletedBind(m *forest.Mount) {
+	from, sub, op := NoHandle, "", OpBind
+	switch src := p.src[m]; src.kind {
+	case fromHost:
+		// CRIU makes it again at the host path (criu/mount-v2.c
+		// do_bind_mount_v2).
+		sub, _ = p.externalPath(m)
+		op = OpOpenExternal
+	case fromNew:
+		from, sub = p.source[m.Dev], rel(m.Root)
+	default:
+		from, sub = p.handle[src.from], relTo(m.Root, src.from.Root)
+	}
+	h := p.newHandle(HandleInfo{NS: m.NS.ID, Mount: m.ID, What: m.Mountpoint})
+	p.handle[m] = h
+	s := step(op)
+	s.NS, s.Mount, s.Handle, s.From, s.Path, s.Deleted = m.NS.ID, m.ID, h, from, sub, true
+	if m.Parent != nil {
+		s.Parent, s.Target = p.handle[m.Parent], relTo(m.Mountpoint, m.Parent.Mountpoint)
+	}
+	s.Why = "its root " + m.Root + " was deleted: made again, bound, removed after the sharing"
+	p.add(s)
+	key := fmt.Sprintf("%d\x00%s", from, sub)
+	if !p.deletedSeen[key] {
+		p.deletedSeen[key] = true
+		r := step(OpRemoveDeleted)
+		r.From, r.Path, r.NS, r.Mount = from, sub, m.NS.ID, m.ID
+		r.Why = "the deleted root of mount " + u32(m.ID) + " is deleted again"
+		p.deletedSteps = append(p.deletedSteps, r)
+	}
 }
 
 // newSuperblock plans a new instance of the filesystem of mounts (one
@@ -259,8 +281,7 @@ func (p *planner) newSuperblock(mounts []*forest.Mount) Handle {
 // hasContent says whether m is a mount of a tmpfs the plan makes and
 // fills from the images.
 func (p *planner) hasContent(m *forest.Mount) bool {
-	return m.FSType == "tmpfs" && p.in.TmpfsContent[m.Dev] && !m.IsRoot() && m.External == "" &&
-		p.extRoot[m.Dev] == nil && p.rootOf[m.Dev] == nil
+	return m.FSType == "tmpfs" && p.in.TmpfsContent[m.Dev] && p.src[m].kind == fromNew
 }
 
 // fills plans the superblocks that get tmpfs content, in the order their
@@ -276,7 +297,7 @@ func (p *planner) fills() {
 // order lists the superblocks as first met, for a stable plan.
 func (p *planner) bySuperblock(keep func(*forest.Mount) bool) (order []uint32, by map[uint32][]*forest.Mount) {
 	by = map[uint32][]*forest.Mount{}
-	p.walk(func(m *forest.Mount) {
+	p.eachCreated(func(m *forest.Mount) {
 		if !keep(m) {
 			return
 		}
@@ -369,10 +390,11 @@ func attachOrder(ns *forest.Namespace) []*forest.Mount {
 // helpers, and the pins.
 func (p *planner) finish() {
 	p.unbindable()
-	p.walk(func(m *forest.Mount) {
+	p.eachCreated(func(m *forest.Mount) {
 		// New mounts and binds of them are rw,relatime; external clones
-		// carry the host mount's flags, so they are always set.
-		if m.Flags == forest.Relatime && m.External == "" && p.extRoot[m.Dev] == nil && p.rootOf[m.Dev] == nil {
+		// and binds of host filesystems carry the host mount's flags, so
+		// they are always set.
+		if m.Flags == forest.Relatime && p.src[m].kind == fromNew {
 			return
 		}
 		s := step(OpSetFlags)

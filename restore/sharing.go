@@ -68,18 +68,7 @@ func (p *planner) analyzeSharing() ([]*groupPlan, map[uint32]*groupPlan, error) 
 		}
 		if len(g.Members) == 0 {
 			// A master that is not in the images: the host's (external
-			// masters). Its slaves are external mounts cloned from the
-			// host, which keep their master; anything else cannot be
-			// restored. A live restore finds the host's group instead.
-			if p.in.Live != nil {
-				continue
-			}
-			for _, s := range g.Slaves {
-				if s.External == "" && p.extRoot[s.Dev] == nil {
-					problems = append(problems, fmt.Sprintf("namespace %d, mount %d (%s): master %d is not in the images and the mount is not external",
-						s.NS.ID, s.ID, s.Mountpoint, g.ID))
-				}
-			}
+			// masters, see hostMasters).
 			continue
 		}
 		gp.dev = g.Members[0].Dev
@@ -195,8 +184,7 @@ func (p *planner) bornPeers(order []*groupPlan) {
 		var rep *forest.Mount
 		ok := true
 		for _, m := range gp.Members {
-			if m.IsRoot() || m.External != "" || m.Unbindable || len(m.Children) > 0 ||
-				p.extRoot[m.Dev] != nil || p.rootOf[m.Dev] != nil {
+			if m.IsRoot() || m.Unbindable || m.Deleted || len(m.Children) > 0 || p.src[m].kind != fromNew {
 				ok = false
 				break
 			}
@@ -225,14 +213,21 @@ func (p *planner) planGroup(gp *groupPlan) error {
 			rep = m
 		}
 	}
-	if host := p.hostGroupIf(allExternal(gp.Members), gp.ID); host != NoHandle {
-		// External sharing: the members are peers of a host group.
-		gp.rep, rep = host, nil
-		for _, m := range gp.Members {
-			p.setGroup(gp.rep, p.h(m), m, p.whyf("peer of host group %d", gp.ID))
+	if ext := p.hostPeers(gp); ext != nil {
+		// External sharing: the members are peers of the host group of
+		// the mount ext is bound from.
+		host, why := p.hostAnchor(ext, false)
+		if host != NoHandle {
+			gp.rep = host
+			for _, m := range gp.Members {
+				p.setGroup(gp.rep, p.h(m), m, p.whyf("peer of the host mount's group (shared:%d when dumped)", gp.ID))
+			}
+			p.slavesOf(gp)
+			return nil
 		}
-		p.slavesOf(gp)
-		return nil
+		if err := p.noHost(ext, fmt.Sprintf("peer group %d was the host's", gp.ID), why); err != nil {
+			return err
+		}
 	}
 	if rep != nil {
 		gp.rep = p.h(rep)
@@ -246,9 +241,20 @@ func (p *planner) planGroup(gp *groupPlan) error {
 	if gp.master != nil {
 		p.setGroup(gp.master.rep, gp.rep, rep, p.whyf("join master group %d, to become its slave", gp.master.ID))
 		p.propagation(OpMakeSlave, gp.rep, rep, p.whyf("slave of group %d", gp.master.ID))
-	} else if host := p.hostGroupIf(gp.Master != 0, gp.Master); host != NoHandle {
-		p.setGroup(host, gp.rep, rep, p.whyf("join host group %d, to become its slave", gp.Master))
-		p.propagation(OpMakeSlave, gp.rep, rep, p.whyf("slave of host group %d", gp.Master))
+	} else if gp.Master != 0 {
+		// A master outside the images: the host's.
+		host, why := NoHandle, ""
+		for _, m := range gp.Members {
+			if host, why = p.hostAnchor(m, true); host != NoHandle {
+				break
+			}
+		}
+		if host != NoHandle {
+			p.setGroup(host, gp.rep, rep, p.whyf("join the host mount's group, to become its slave (master %d when dumped)", gp.Master))
+			p.propagation(OpMakeSlave, gp.rep, rep, p.whyf("slave of the host group (master %d when dumped)", gp.Master))
+		} else if err := p.noHost(gp.Members[0], fmt.Sprintf("its master, peer group %d, is not in the images", gp.Master), why); err != nil {
+			return err
+		}
 	}
 	p.propagation(OpMakeShared, gp.rep, rep, p.whyf("peer group %d starts here", gp.ID))
 	for _, m := range gp.Members {
@@ -270,15 +276,6 @@ func (p *planner) slavesOf(gp *groupPlan) {
 		p.setGroup(gp.rep, p.h(s), s, p.whyf("join group %d, to become its slave", gp.ID))
 		p.propagation(OpMakeSlave, p.h(s), s, p.whyf("slave of group %d", gp.ID))
 	}
-}
-
-func allExternal(ms []*forest.Mount) bool {
-	for _, m := range ms {
-		if m.External == "" {
-			return false
-		}
-	}
-	return len(ms) > 0
 }
 
 // helper plans a private bind of gp.need from a mount of the group's
@@ -315,7 +312,7 @@ func (p *planner) exposing(dev uint32, root string) (Handle, string, bool) {
 	if src := widestContaining(p.extRoot[dev], root); src != nil {
 		return p.handle[src], relTo(root, src.Root), true
 	}
-	if r := p.rootOf[dev]; r != nil && contains(r.Root, root) {
+	if r := p.rootMnt; r != nil && r.Dev == dev && contains(r.Root, root) {
 		return p.handle[r], relTo(root, r.Root), true
 	}
 	return NoHandle, "", false

@@ -2,6 +2,7 @@ package restore
 
 import (
 	"archive/tar"
+	"bytes"
 	"compress/gzip"
 	"errors"
 	"fmt"
@@ -44,7 +45,7 @@ func extractTmpfs(r io.Reader, rootfd int, limit int64) error {
 }
 
 func newExtraction(rootfd int, limit int64) *extraction {
-	return &extraction{rootfd: rootfd, budget: limit, dirfd: -1, mask: -1,
+	return &extraction{rootfd: rootfd, budget: limit, limit: limit, dirfd: -1, mask: -1,
 		uid: os.Geteuid(), gid: os.Getegid(), setgid: map[string]bool{}, dirs: map[string]bool{}}
 }
 
@@ -108,12 +109,14 @@ func entryName(name string) (string, error) {
 
 // extraction is the state of one archive's extraction.
 type extraction struct {
-	rootfd int
-	budget int64 // file bytes left
-	walked int   // path components resolved so far
-	dir    string
-	dirfd  int // the directory of the last entry, kept for the next
-	mask   int // the umask, -1 until read
+	rootfd  int
+	budget  int64 // file bytes left
+	limit   int64 // the budget at the start
+	logical int64 // the sizes of sparse files so far, holes included
+	walked  int   // path components resolved so far
+	dir     string
+	dirfd   int // the directory of the last entry, kept for the next
+	mask    int // the umask, -1 until read
 
 	// A new entry is owned by uid and gid, unless its directory is
 	// setgid: then it takes the directory's group (and a directory the
@@ -228,6 +231,16 @@ func (x *extraction) parent(dir string) (int, error) {
 
 func (x *extraction) entry(tr *tar.Reader, hdr *tar.Header, name string) error {
 	rootfd, budget := x.rootfd, &x.budget
+	sparse := isSparse(hdr)
+	if sparse {
+		// CRIU tars with --sparse: GNU tar writes a file with holes as
+		// an old GNU sparse entry ('S'), or in PAX as GNU.sparse.*
+		// records; Go's reader gives its data with the holes as zeros.
+		hdr.Typeflag = tar.TypeReg
+		if x.logical += hdr.Size; x.logical > maxLogical(x.limit) {
+			return fmt.Errorf("sparse files of %d bytes in all: more than mntv2 reads through (%d)", x.logical, maxLogical(x.limit))
+		}
+	}
 	if hdr.Typeflag != tar.TypeReg && hdr.Size != 0 {
 		// Only files carry data; skipping a directory's claimed terabytes
 		// would decompress them all (a gzip bomb).
@@ -278,7 +291,7 @@ func (x *extraction) entry(tr *tar.Reader, hdr *tar.Header, name string) error {
 			return sysErr("mkdirat", err)
 		}
 	case tar.TypeReg:
-		if hdr.Size > *budget {
+		if hdr.Size > *budget && !sparse {
 			return fmt.Errorf("%d bytes exceed what is left of the tmpfs size limit (%d bytes)", hdr.Size, *budget)
 		}
 		fd, err := openInside(parent, base, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY, perm)
@@ -286,7 +299,12 @@ func (x *extraction) entry(tr *tar.Reader, hdr *tar.Header, name string) error {
 			return sysErr("openat2(O_CREAT)", err)
 		}
 		made = true
-		n, err := io.Copy(&fdWriter{fd}, io.LimitReader(tr, *budget+1))
+		var n int64
+		if sparse {
+			n, err = copySparse(fd, tr, hdr.Size, *budget)
+		} else {
+			n, err = io.Copy(&fdWriter{fd}, io.LimitReader(tr, *budget+1))
+		}
 		unix.Close(fd)
 		*budget -= n
 		if err != nil {
@@ -449,3 +467,67 @@ func tmpfsSizeLimit(options string) int64 {
 	}
 	return 0
 }
+
+// isSparse says whether a header is a GNU sparse file, in the old GNU
+// format or in PAX (criu/filesystems.c tmpfs_dump runs tar --sparse).
+func isSparse(hdr *tar.Header) bool {
+	if hdr.Typeflag == tar.TypeGNUSparse {
+		return true
+	}
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return true
+		}
+	}
+	return false
+}
+
+// maxLogical caps the bytes of sparse files an extraction reads through:
+// Go's reader gives their holes as zeros, so a hostile archive could make
+// it read a petabyte of them. A sparse file may be much larger than its
+// tmpfs; 16 times the size limit, and at least 16 GiB, is plenty.
+func maxLogical(limit int64) int64 { return max(16*limit, 16<<30) }
+
+// sparseBlock is the unit copySparse skips when it is all zeros: a page,
+// tmpfs's allocation unit.
+const sparseBlock = 4096
+
+// copySparse writes size bytes from r to the new file fd, leaving a hole
+// wherever a page-aligned block is all zeros, as GNU tar extracts a sparse
+// file. It returns the bytes written (what the file takes in the tmpfs),
+// failing beyond budget.
+func copySparse(fd int, r io.Reader, size, budget int64) (int64, error) {
+	buf := make([]byte, 64*sparseBlock)
+	var off, written int64
+	for off < size {
+		n, err := io.ReadFull(r, buf[:min(int64(len(buf)), size-off)])
+		if err != nil {
+			return written, err
+		}
+		for b := 0; b < n; b += sparseBlock {
+			blk := buf[b:min(b+sparseBlock, n)]
+			if allZero(blk) {
+				continue
+			}
+			if written += int64(len(blk)); written > budget {
+				return written, errors.New("file data exceeds the tmpfs size limit")
+			}
+			for at := off + int64(b); len(blk) > 0; {
+				m, err := unix.Pwrite(fd, blk, at)
+				if err == unix.EINTR {
+					continue
+				}
+				if err != nil {
+					return written, sysErr("pwrite", err)
+				}
+				blk, at = blk[m:], at+int64(m)
+			}
+		}
+		off += int64(n)
+	}
+	return written, sysErr("ftruncate", unix.Ftruncate(fd, size))
+}
+
+var zeroBlock [sparseBlock]byte
+
+func allZero(b []byte) bool { return bytes.Equal(b, zeroBlock[:len(b)]) }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"github.com/mntv2/mntv2/internal/testns"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -418,5 +419,65 @@ func TestTmpfsPremade(t *testing.T) {
 	}
 	if _, err := extract(t, archive(t, entry{name: "m", typ: tar.TypeReg, mode: 0o644, data: "x"}), "m"); err == nil || !strings.Contains(err.Error(), "exists") {
 		t.Errorf("a file under a premade directory's name: %v, want an error", err)
+	}
+}
+
+// TestTmpfsGNUTar extracts what CRIU writes: GNU tar with CRIU's flags
+// (criu/filesystems.c tmpfs_dump), so sparse files as GNU sparse entries,
+// long names as GNU long-name entries, and hard links. A sparse file much
+// larger than the tmpfs comes back with its holes, taking only its data.
+func TestTmpfsGNUTar(t *testing.T) {
+	if _, err := exec.LookPath("tar"); err != nil {
+		t.Fatal("GNU tar is needed to make the archive: ", err)
+	}
+	src := t.TempDir()
+	long := strings.Repeat("d", 120) + "/" + strings.Repeat("f", 150)
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.MkdirAll(filepath.Join(src, filepath.Dir(long)), 0o755))
+	must(os.WriteFile(filepath.Join(src, long), []byte("long"), 0o644))
+	f, err := os.Create(filepath.Join(src, "sparse"))
+	must(err)
+	must(f.Truncate(1 << 30))
+	_, err = f.WriteAt([]byte("head"), 0)
+	must(err)
+	_, err = f.WriteAt([]byte("middle"), 512<<20)
+	must(err)
+	f.Close()
+	must(os.Link(filepath.Join(src, long), filepath.Join(src, "hardlink")))
+	var out bytes.Buffer
+	cmd := exec.Command("tar", "--create", "--gzip", "--no-unquote", "--no-wildcards", "--one-file-system",
+		"--check-links", "--preserve-permissions", "--sparse", "--numeric-owner", "--directory", src, ".")
+	cmd.Stdout = &out
+	must(cmd.Run())
+	// A 16 MiB limit: the sparse file's data is a few KiB.
+	root, _, err := extractInto(t, out.Bytes(), 16<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	must(unix.Stat(filepath.Join(root, "sparse"), &st))
+	if st.Size != 1<<30 || st.Blocks*512 > 1<<20 {
+		t.Errorf("sparse file: size %d, %d bytes allocated; want 1 GiB with its holes", st.Size, st.Blocks*512)
+	}
+	g, err := os.Open(filepath.Join(root, "sparse"))
+	must(err)
+	defer g.Close()
+	b := make([]byte, 6)
+	if _, err := g.ReadAt(b, 512<<20); err != nil || string(b) != "middle" {
+		t.Errorf("sparse file data at 512 MiB: %q, %v", b, err)
+	}
+	if data, err := os.ReadFile(filepath.Join(root, long)); err != nil || string(data) != "long" {
+		t.Errorf("long name: %q, %v", data, err)
+	}
+	var a, h unix.Stat_t
+	must(unix.Stat(filepath.Join(root, long), &a))
+	must(unix.Stat(filepath.Join(root, "hardlink"), &h))
+	if a.Ino != h.Ino {
+		t.Errorf("hard link is another inode")
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/mntv2/mntv2/forest"
 	"github.com/mntv2/mntv2/images"
@@ -11,9 +12,10 @@ import (
 
 func newVerifyCommand() *cobra.Command {
 	var (
-		dir   string
-		live  liveSource
-		mntns uint32
+		dir    string
+		live   liveSource
+		mntns  uint32
+		ignore []string
 	)
 	cmd := &cobra.Command{
 		Use:   "verify --images DIR (--pid PID | --mountinfo FILE | --pin-dir DIR | --tree PID) [--mntns ID]",
@@ -22,6 +24,12 @@ func newVerifyCommand() *cobra.Command {
 renaming of mount ids, device numbers and peer group numbers: same trees by
 mountpoint (stacking order included), root paths, filesystem types, sources,
 per-mount flags, shared superblocks, peer groups, masters and unbindable.
+Each difference ends with its kind: [sharing] (peer groups, masters,
+unbindable), [tree] (a mount missing, extra, or of another filesystem, root
+or source), [flags], or [remapped] (what the restorer chose: an external
+mount's host source, a cgroup root). --ignore KIND leaves a kind out; a
+runtime's restore remaps on purpose, so 'verify --ignore remapped' checks
+the rest.
 
 The tree to check comes from one of:
   --pid PID         /proc/PID/mountinfo (the mounts visible from PID's root)
@@ -82,7 +90,12 @@ Exit status: 0 identical, 1 differences (listed on stdout), 2 usage or input err
 			if err != nil {
 				return err
 			}
-			diffs := forest.Compare(expected, found)
+			var diffs []forest.Difference
+			for _, d := range forest.Compare(expected, found) {
+				if !slices.Contains(ignore, string(d.Kind)) {
+					diffs = append(diffs, d)
+				}
+			}
 			out := cmd.OutOrStdout()
 			for _, d := range diffs {
 				fmt.Fprintln(out, d)
@@ -97,6 +110,7 @@ Exit status: 0 identical, 1 differences (listed on stdout), 2 usage or input err
 	cmd.Flags().StringVar(&dir, "images", "", "CRIU images directory (required)")
 	live.addFlags(cmd.Flags(), "check")
 	cmd.Flags().Uint32Var(&mntns, "mntns", 0, "image mount namespace id to compare with")
+	cmd.Flags().StringSliceVar(&ignore, "ignore", nil, "kinds of difference not to report: sharing, tree, flags, remapped (repeatable)")
 	_ = cmd.MarkFlagRequired("images")
 	return cmd
 }

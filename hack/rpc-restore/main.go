@@ -1,8 +1,10 @@
 // Command rpc-restore restores a checkpoint through go-criu's RPC (criu
 // swrk) with mntv2's Notify: the e2e test of the RPC path, and an example
-// of the one extra argument a Go program needs.
+// of the one extra argument a Go program needs. mntv2's Notify has go-criu's
+// Notify methods, which v7 (containerd, podman) and v8 (runc) define alike:
+// --go-criu says which one restores.
 //
-//	rpc-restore --criu PATH --images DIR --root DIR --work DIR --pidfile FILE [--compat]
+//	rpc-restore --criu PATH --images DIR --root DIR --work DIR --pidfile FILE [--compat] [--go-criu 7|8]
 package main
 
 import (
@@ -11,10 +13,7 @@ import (
 	"os"
 	"strconv"
 
-	criu "github.com/checkpoint-restore/go-criu/v7"
-	"github.com/checkpoint-restore/go-criu/v7/rpc"
 	"github.com/mntv2/mntv2/plugin"
-	"google.golang.org/protobuf/proto"
 )
 
 func main() {
@@ -24,8 +23,9 @@ func main() {
 	work := flag.String("work", "", "work directory (logs)")
 	pidfile := flag.String("pidfile", "", "write the restored root task's pid here")
 	compat := flag.Bool("compat", false, "--mntns-compat-mode")
+	version := flag.Int("go-criu", 7, "go-criu major version to restore with: 7 or 8")
 	flag.Parse()
-	if err := run(*criuPath, *imagesDir, *root, *work, *pidfile, *compat); err != nil {
+	if err := run(*criuPath, *imagesDir, *root, *work, *pidfile, *compat, *version); err != nil {
 		fmt.Fprintln(os.Stderr, "rpc-restore:", err)
 		os.Exit(1)
 	}
@@ -42,7 +42,15 @@ func (n *pidNotify) PostRestore(pid int32) error {
 	return n.Notify.PostRestore(pid)
 }
 
-func run(criuPath, imagesDir, root, work, pidfile string, compat bool) error {
+// restoreArgs is what both go-criu versions are given.
+type restoreArgs struct {
+	criu, root   string
+	images, work int32
+	compat       bool
+	notify       *pidNotify
+}
+
+func run(criuPath, imagesDir, root, work, pidfile string, compat bool, version int) error {
 	img, err := os.Open(imagesDir)
 	if err != nil {
 		return err
@@ -61,27 +69,21 @@ func run(criuPath, imagesDir, root, work, pidfile string, compat bool) error {
 	if err != nil {
 		return err
 	}
-	nfy := &pidNotify{Notify: n}
-	c := criu.MakeCriu()
-	c.SetCriuPath(criuPath)
-	opts := &rpc.CriuOpts{
-		ImagesDirFd:     proto.Int32(int32(img.Fd())),
-		WorkDirFd:       proto.Int32(int32(wd.Fd())),
-		LogFile:         proto.String("restore-rpc.log"),
-		LogLevel:        proto.Int32(4),
-		Root:            proto.String(root),
-		RstSibling:      proto.Bool(true),
-		AutoExtMnt:      proto.Bool(true),
-		ExtSharing:      proto.Bool(true),
-		ExtMasters:      proto.Bool(true),
-		MntnsCompatMode: proto.Bool(compat),
+	a := restoreArgs{criu: criuPath, root: root, images: int32(img.Fd()), work: int32(wd.Fd()), compat: compat,
+		notify: &pidNotify{Notify: n}}
+	switch version {
+	case 7:
+		err = restoreV7(a)
+	case 8:
+		err = restoreV8(a)
+	default:
+		err = fmt.Errorf("--go-criu %d: want 7 or 8", version)
 	}
-	err = c.Restore(opts, nfy)
 	if cerr := n.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(pidfile, []byte(strconv.Itoa(int(nfy.pid))+"\n"), 0o644)
+	return os.WriteFile(pidfile, []byte(strconv.Itoa(int(a.notify.pid))+"\n"), 0o644)
 }
