@@ -330,14 +330,14 @@ func checkMasters(f *Forest, p *problems) {
 	}
 }
 
-// WithoutSharing copies namespaces' mounts with no peer group or master:
-// the tree CRIU restores from images the hook has stripped.
+// WithoutSharing copies namespaces' mounts with no peer group, master or
+// unbindable: the tree CRIU restores from images the hook has stripped.
 func WithoutSharing(input []NamespaceMounts) []NamespaceMounts {
 	out := make([]NamespaceMounts, len(input))
 	for i, ns := range input {
 		out[i] = NamespaceMounts{ID: ns.ID, Mounts: make([]Mount, len(ns.Mounts))}
 		for j, m := range ns.Mounts {
-			m.PeerGroup, m.Master = 0, 0
+			m.PeerGroup, m.Master, m.Unbindable = 0, 0, false
 			out[i].Mounts[j] = m
 		}
 	}

@@ -6,10 +6,12 @@
 # and pid namespace, a tmpfs root with the host's /bin /lib /usr /etc binds,
 # proc, a tmpfs /dev and /tmp), runs the scenario in it, captures every
 # namespace (mntv2 show --tree --canonical), checkpoints it with criu dump,
-# then restores it four ways: CRIU alone and CRIU + mntv2 (--action-script),
-# each with mount-v2 and with --mntns-compat-mode. Each restore is captured
-# again and compared with the capture before the dump; verify --tree checks
-# it against the images too. Then the failure paths: an injected failure in
+# then restores it seven ways: CRIU alone, CRIU + mntv2 (--action-script;
+# reduce and complete, the default) and CRIU + mntv2 with MNTV2_REDUCE=0
+# (strip and reapply), each with mount-v2 and with --mntns-compat-mode, and
+# mntv2 restore standalone onto the same root. Each restore is captured
+# again and compared with the capture before the dump; verify checks it
+# against the images too. Then the failure paths: an injected failure in
 # post-restore aborts the restore, kill -9 of CRIU between pre-restore and
 # post-restore, a read-only images directory, and the go-criu RPC path.
 #
@@ -50,6 +52,28 @@ fail() { note "FAIL: $*"; failures=$((failures + 1)); }
 # shellcheck source=lib/ct.sh
 . "$here/lib/ct.sh"
 
+# standalone W: mntv2 restore onto the container's root (the directory CRIU
+# restores onto), compared like the CRIU restores; sets cell.
+standalone() {
+	local w=$1 pins=$1/pins
+	rm -rf "$pins"
+	if ! "$MNTV2" restore --images "$w/img" --root "$w/root" --ext-mount-map auto --pin-dir "$pins" \
+		>"$w/work/mntv2-restore.log" 2>&1; then
+		cell=fails
+		return
+	fi
+	# Namespaces by order, as show --tree names them.
+	"$MNTV2" show --pin-dir "$pins" --canonical 2>&1 | awk '/^mount namespace [0-9]+:/ { id = $3; sub(":", "", id); n[id] = ++k; $3 = k ":" }
+		/^  group / { line = " "; for (i = 1; i <= NF; i++) { t = $i; if (match(t, /^[0-9]+:\//) && (substr(t, 1, RLENGTH - 2) in n)) t = n[substr(t, 1, RLENGTH - 2)] substr(t, RLENGTH - 1); line = line " " t }; print line; next }
+		{ print }' >"$w/after-standalone.txt"
+	if diff -q "$w/before.txt" "$w/after-standalone.txt" >/dev/null; then
+		cell=identical
+	else
+		cell="wrong($("$MNTV2" verify --images "$w/img" --pin-dir "$pins" 2>/dev/null | grep -vc '^differ\|^identical' || true))"
+	fi
+	"$MNTV2" release --pin-dir "$pins" >/dev/null 2>&1 || cell="$cell,release-fails"
+}
+
 # restore W MODE WITH [extra criu args]: sets cell and rpid.
 restore() {
 	local w=$1 mode=$2 with=$3
@@ -57,10 +81,12 @@ restore() {
 	local args=(restore -d -D "$w/img" -W "$w/work" --root "$w/root" --ext-mount-map auto
 		--pidfile "$w/work/pid" -o "restore-$mode-$with.log" -v4)
 	[ "$mode" = compat ] && args+=(--mntns-compat-mode)
-	[ "$with" = mntv2 ] && args+=(--action-script "$MNTV2")
+	[ "$with" = mntv2 ] || [ "$with" = strip ] && args+=(--action-script "$MNTV2")
+	local reduce=1
+	[ "$with" = strip ] && reduce=0
 	rm -f "$w/work/pid"
 	rpid=
-	if ! { "$CRIU" "${args[@]}" "$@" >/dev/null 2>&1; } 2>/dev/null; then
+	if ! { MNTV2_REDUCE=$reduce "$CRIU" "${args[@]}" "$@" >/dev/null 2>&1; } 2>/dev/null; then
 		cell=fails
 		return
 	fi
@@ -85,7 +111,12 @@ restore() {
 	fi
 }
 
-printf '%-34s %-14s %-14s %-14s %-14s\n' scenario "criu/v2" "criu+mntv2/v2" "criu/compat" "criu+mntv2/compat"
+# Columns: CRIU alone; CRIU + mntv2 (reduce and complete, the default);
+# CRIU + mntv2 with MNTV2_REDUCE=0 (strip and reapply); each in mount-v2
+# and compat mode; then mntv2 restore, standalone.
+fmt='%-32s %-11s %-11s %-11s %-11s %-11s %-11s %-11s\n'
+# shellcheck disable=SC2059
+printf "$fmt" scenario "criu/v2" "mntv2/v2" "strip/v2" "criu/compat" "mntv2/compat" "strip/compat" "restore"
 for sdir in "$@"; do
 	sdir=${sdir%/}
 	name=$(basename "$sdir")
@@ -105,21 +136,24 @@ for sdir in "$@"; do
 	sum=$(digest "$w/img")
 	declare -A cells=()
 	for mode in v2 compat; do
-		for with in alone mntv2; do
+		for with in alone mntv2 strip; do
 			restore "$w" "$mode" "$with"
 			kill_tree "$rpid"
 			if [ "$(digest "$w/img")" != "$sum" ]; then
 				cell="$cell,images-changed!"
 				fail "$name ($mode, $with): the images directory changed"
 			fi
-			if [ "$with" = mntv2 ] && [ "$cell" != identical ]; then
-				fail "$name ($mode, CRIU + mntv2): $cell; see $w"
+			if [ "$with" != alone ] && [ "$cell" != identical ]; then
+				fail "$name ($mode, CRIU + mntv2 $with): $cell; see $w"
 			fi
 			cells[$mode-$with]=$cell
 		done
 	done
-	printf '%-34s %-14s %-14s %-14s %-14s\n' "$name" "${cells[v2-alone]}" "${cells[v2-mntv2]}" "${cells[compat-alone]}" "${cells[compat-mntv2]}"
-	rows+=("{\"scenario\":\"$name\",\"criu_v2\":\"${cells[v2-alone]}\",\"mntv2_v2\":\"${cells[v2-mntv2]}\",\"criu_compat\":\"${cells[compat-alone]}\",\"mntv2_compat\":\"${cells[compat-mntv2]}\"}")
+	standalone "$w"
+	[ "$cell" = identical ] || fail "$name (mntv2 restore): $cell; see $w"
+	cells[standalone]=$cell
+	printf "$fmt" "$name" "${cells[v2-alone]}" "${cells[v2-mntv2]}" "${cells[v2-strip]}" "${cells[compat-alone]}" "${cells[compat-mntv2]}" "${cells[compat-strip]}" "${cells[standalone]}"
+	rows+=("{\"scenario\":\"$name\",\"criu_v2\":\"${cells[v2-alone]}\",\"mntv2_v2\":\"${cells[v2-mntv2]}\",\"mntv2_strip_v2\":\"${cells[v2-strip]}\",\"criu_compat\":\"${cells[compat-alone]}\",\"mntv2_compat\":\"${cells[compat-mntv2]}\",\"mntv2_strip_compat\":\"${cells[compat-strip]}\",\"mntv2_restore\":\"${cells[standalone]}\"}")
 	unset cells
 done
 

@@ -257,9 +257,11 @@ func (img *Image) FSInfo() (FSInfo, error) {
 }
 
 // StripSharing returns a copy of a mountpoints image in which no mount has a
-// peer group or a master: shared_id and master_id are dropped and the
-// MS_SHARED and MS_SLAVE bits cleared. CRIU then restores an all-private tree.
-// Records that carry no sharing keep their original bytes.
+// peer group or a master, nor is unbindable: shared_id and master_id are
+// dropped and the MS_SHARED, MS_SLAVE and MS_UNBINDABLE bits cleared. CRIU
+// then restores an all-private tree that can be bound from (mntv2's hook
+// makes mounts unbindable last, as it does the sharing). Records that carry
+// none of it keep their original bytes.
 func (img *Image) StripSharing() (*Image, int, error) {
 	out := &Image{File: img.File, Type: img.Type, Records: make([][]byte, len(img.Records))}
 	changed := 0
@@ -268,7 +270,7 @@ func (img *Image) StripSharing() (*Image, int, error) {
 		if err := decodeRecord(img, i, &e); err != nil {
 			return nil, 0, err
 		}
-		if e.GetSharedId() == 0 && e.GetMasterId() == 0 && e.GetFlags()&(msShared|msSlave) == 0 {
+		if e.GetSharedId() == 0 && e.GetMasterId() == 0 && e.GetFlags()&(msShared|msSlave|msUnbindable) == 0 {
 			out.Records[i] = rec
 			continue
 		}
@@ -279,7 +281,7 @@ func (img *Image) StripSharing() (*Image, int, error) {
 		if e.MasterId != nil {
 			e.MasterId = proto.Uint32(0)
 		}
-		e.Flags = proto.Uint32(e.GetFlags() &^ (msShared | msSlave))
+		e.Flags = proto.Uint32(e.GetFlags() &^ (msShared | msSlave | msUnbindable))
 		b, err := marshal.Marshal(&e)
 		if err != nil {
 			return nil, 0, fmt.Errorf("encode %s record %d: %w", img.File, i, err)
@@ -315,8 +317,9 @@ func (img *Image) KeepMounts(keep map[uint32]bool) (*Image, int, error) {
 // MS_SHARED and MS_SLAVE from <linux/mount.h>; kept here so this file has no
 // platform dependency.
 const (
-	msSlave  = 1 << 19
-	msShared = 1 << 20
+	msUnbindable = 1 << 17
+	msSlave      = 1 << 19
+	msShared     = 1 << 20
 )
 
 // File names of images.

@@ -743,6 +743,17 @@ func (a *applier) bind(s Step) error {
 	}
 	if s.Path != "" {
 		fd, err := openInside(from, s.Path, unix.O_PATH, 0)
+		if errors.Is(err, unix.EXDEV) && a.plan.Handles[s.From].Live {
+			// The path is covered by a mount in the restored tree: it is
+			// found in a clone of the source mount alone, which has no
+			// mounts on it (and must stay open until it is cloned from:
+			// closing it dissolves it).
+			var bare int
+			bare, fd, err = a.inBareClone(from, s.Path)
+			if bare >= 0 {
+				defer unix.Close(bare)
+			}
+		}
 		if err != nil {
 			return sysErr("openat2", fmt.Errorf("%s inside %s: %w", s.Path, a.plan.Handles[s.From].What, err))
 		}
@@ -757,6 +768,20 @@ func (a *applier) bind(s Step) error {
 	}
 	a.fds[s.Handle] = fd
 	return nil
+}
+
+// inBareClone opens path inside a clone of the mount from, without the
+// mounts on it; it returns the clone too, which the caller closes when
+// done with the path.
+func (a *applier) inBareClone(from int, path string) (clone, fd int, err error) {
+	clone, err = a.sysFd("open_tree", func() (int, error) {
+		return unix.OpenTree(from, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
+	})
+	if err != nil {
+		return -1, -1, err
+	}
+	fd, err = openInside(clone, path, unix.O_PATH, 0)
+	return clone, fd, err
 }
 
 // attach moves a detached mount onto its mountpoint, resolved from the
