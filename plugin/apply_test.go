@@ -185,3 +185,70 @@ func TestApplyLiveFailure(t *testing.T) {
 		}
 	}
 }
+
+// Reduce and complete, failing each syscall of the completion in turn:
+// every failure is a StepError, and nothing outlives the restore (CRIU
+// kills the tasks, and the namespaces go with them): no mountpoint is left
+// in the restore root, no fd is left open, no thread in a restored
+// namespace.
+func TestApplyLiveReducedFailure(t *testing.T) {
+	if !testns.Isolate(t) {
+		return
+	}
+	for _, fixture := range []string{"04-content-ro-file-unbindable", "06-nested-mntns-peers"} {
+		t.Run(fixture, func(t *testing.T) {
+			d := openDir(t, filepath.Join(fixtures, fixture, "images"))
+			for n := 1; ; n++ {
+				input, paths, kept := restoreReduced(t, fixture)
+				root := rootOf(t, paths)
+				before := dirTree(t, root)
+				fds := testns.OpenFDs(t)
+				_, err := restore.ApplyLive(input, paths, restore.LiveOptions{Kept: kept, Images: d, FailSyscall: n})
+				if err == nil {
+					if n < 10 {
+						t.Fatalf("only %d syscalls", n)
+					}
+					return
+				}
+				var se *restore.StepError
+				if !errors.As(err, &se) || !errors.Is(err, restore.ErrInjected) {
+					t.Fatalf("syscall %d: %v, want a StepError", n, err)
+				}
+				if got := dirTree(t, root); got != before {
+					t.Fatalf("syscall %d (%v): the restore root changed:\n%s\nwas\n%s", n, err, got, before)
+				}
+				if got := testns.OpenFDs(t); got != fds {
+					t.Fatalf("syscall %d: %d fds open, %d before", n, got, fds)
+				}
+			}
+		})
+	}
+}
+
+// rootOf is the restore root of pinned namespaces: restoreAs mounts it
+// beside the pins.
+func rootOf(t *testing.T, paths map[uint32]string) string {
+	t.Helper()
+	for _, p := range paths {
+		return filepath.Join(filepath.Dir(filepath.Dir(p)), "root")
+	}
+	t.Fatal("no namespaces")
+	return ""
+}
+
+// dirTree lists every entry below dir.
+func dirTree(t *testing.T, dir string) string {
+	t.Helper()
+	var b strings.Builder
+	err := filepath.WalkDir(dir, func(p string, e os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		b.WriteString(p + "\n")
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
