@@ -143,7 +143,10 @@ for sdir in "$@"; do
 				cell="$cell,images-changed!"
 				fail "$name ($mode, $with): the images directory changed"
 			fi
-			if [ "$with" != alone ] && [ "$cell" != identical ]; then
+			# The default mode must be exact; strip and reapply leaves
+			# the mounts to CRIU, so it must be no worse than CRIU alone.
+			if [ "$with" = mntv2 ] && [ "$cell" != identical ] ||
+				[ "$with" = strip ] && [ "$cell" != identical ] && [ "${cells[$mode-alone]}" = identical ]; then
 				fail "$name ($mode, CRIU + mntv2 $with): $cell; see $w"
 			fi
 			cells[$mode-$with]=$cell
@@ -241,6 +244,49 @@ if [ -d "$f01/img" ]; then
 			[ "$cell" = identical ] || fail "RPC $name $mode: $cell; see $w/work/rpc-$mode.out"
 		done
 	done
+fi
+
+# 5. Host groups are found by identity, never by number: after the dump of
+# scenario 09, its host share loses its group, and a decoy host mount
+# takes over the group's number. The hook must refuse (strict) naming the
+# host path, and with MNTV2_LENIENT=1 complete without joining the decoy.
+w09=$scratch/09-external-sharing-masters
+if [ -d "$w09/img" ]; then
+	sdir=$top/testdata/e2e/09-external-sharing-masters name=09-external-sharing-masters
+	want=$("$MNTV2" show --images "$w09/img" | awk '$2 == "/mnt/ext" { for (i = 1; i <= NF; i++) if ($i ~ /^shared:/) print substr($i, 8) }')
+	umount -l "$w09/hostshare"
+	mount -t tmpfs hostshare "$w09/hostshare"
+	mount --make-private "$w09/hostshare"
+	# Shared mounts until one has the images' number (numbers are given
+	# lowest free first, so it comes at once or soon).
+	decoy= got=
+	for i in $(seq 50); do
+		mkdir -p "$w09/decoy$i"
+		mount -t tmpfs "decoy$i" "$w09/decoy$i"
+		mount --make-shared "$w09/decoy$i"
+		got=$(awk -v p="$w09/decoy$i" '$5 == p { for (i = 7; $i != "-"; i++) if ($i ~ /^shared:/) print substr($i, 8) }' /proc/self/mountinfo)
+		if [ "$got" = "$want" ]; then decoy=$w09/decoy$i; break; fi
+	done
+	if [ -z "$decoy" ]; then
+		fail "decoy: no host mount could take over peer group $want"
+	else
+		restore "$w09" v2 mntv2
+		kill_tree "$rpid"
+		if [ "$cell" = fails ] && grep -q "$w09/hostshare.*no peer group\|no mount of this host.*in a peer group" "$w09/work/restore-v2-mntv2.log"; then
+			echo "decoy host group (shared:$want taken over by $decoy): strict mode refused, naming the host share: ok"
+		else
+			fail "decoy: strict mode gave $cell, not a refusal naming $w09/hostshare (see $w09/work/restore-v2-mntv2.log)"
+		fi
+		MNTV2_LENIENT=1 restore "$w09" v2 mntv2
+		joined=
+		[ -n "$rpid" ] && joined=$(awk -v g="shared:$want" '$5 == "/mnt/ext" { for (i = 7; $i != "-"; i++) if ($i == g) print "yes" }' "/proc/$rpid/mountinfo")
+		kill_tree "$rpid"
+		if [ -n "$rpid" ] && [ -z "$joined" ] && grep -q "(lenient)" "$w09/work/restore-v2-mntv2.log"; then
+			echo "decoy host group: lenient mode completed, never joined the decoy, and said why: ok"
+		else
+			fail "decoy: lenient mode: restored pid [$rpid], joined the decoy [$joined]"
+		fi
+	fi
 fi
 
 if [ "$failures" -gt 0 ]; then
