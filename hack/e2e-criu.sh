@@ -204,6 +204,33 @@ if [ -d "$f01/img" ]; then
 		"$MNTV2" criu-images restore "$f01/img" >/dev/null || true
 	fi
 
+	# 2b. kill -9 of CRIU while the hook is in post-restore (paused there):
+	# the hook must not finish a restore whose CRIU is gone, no task may
+	# be left, and the images come back byte-identical.
+	log=$f01/work/mntv2-killed.log
+	rm -f "$log" "$f01/work/pid"
+	MNTV2_TEST_PAUSE=post-restore MNTV2_LOG=$log "$CRIU" restore -d -D "$f01/img" -W "$f01/work" --root "$f01/root" \
+		--ext-mount-map auto --pidfile "$f01/work/pid" -o restore-killed.log -v4 --action-script "$MNTV2" >/dev/null 2>&1 &
+	cpid=$!
+	for _ in $(seq 200); do
+		grep -q "paused before post-restore" "$log" 2>/dev/null && break
+		sleep 0.05
+	done
+	kill -9 "$cpid" 2>/dev/null || true
+	wait "$cpid" 2>/dev/null || true
+	for _ in $(seq 100); do
+		grep -q "is gone: not finishing" "$log" 2>/dev/null && break
+		sleep 0.5
+	done
+	left=$(tasks_in "$f01/root")
+	if grep -q "paused before post-restore" "$log" && grep -q "is gone: not finishing" "$log" && [ -z "$left" ] &&
+		[ "$(digest "$f01/img")" = "$sum" ]; then
+		echo "kill -9 of CRIU during post-restore: the hook did not finish, no task left, images identical: ok"
+	else
+		fail "kill -9 during post-restore: tasks left [$left], images $(digest "$f01/img") vs $sum, log $log"
+		for p in $left; do kill_tree "$p"; done
+	fi
+
 	# 3. a read-only images directory: pre-restore refuses, nothing changes.
 	mount --bind "$f01/img" "$f01/img"
 	mount -o remount,bind,ro "$f01/img"

@@ -130,8 +130,15 @@ func Hook(getenv func(string) string, s Settings, log *slog.Logger) error {
 	case "pre-restore":
 		return PreRestore(d, os.Getppid(), s)
 	default:
+		criu := os.Getppid()
 		if pause := pauseAt(os.Getenv("MNTV2_TEST_PAUSE"), log); pause != nil {
 			_ = pause("post-restore")
+		}
+		if now := os.Getppid(); now != criu {
+			// CRIU died while this ran (its watcher puts the images
+			// back): the restore is over, and its tasks are not to be
+			// touched.
+			return fmt.Errorf("post-restore: CRIU (pid %d) is gone: not finishing its restore", criu)
 		}
 		pid, err := strconv.Atoi(getenv(EnvInitPID))
 		if err != nil || pid <= 0 {
@@ -203,6 +210,7 @@ func pauseAt(step string, log *slog.Logger) func(string) error {
 	return func(s string) error {
 		if s == step {
 			fmt.Fprintf(os.Stderr, "mntv2: paused before %s\n", s)
+			log.Warn("paused before " + s + " (MNTV2_TEST_PAUSE)")
 			time.Sleep(30 * time.Second)
 		}
 		return nil
