@@ -118,6 +118,9 @@ func (p *planner) sourceOf(m *forest.Mount) (source, string) {
 		return source{}, fmt.Sprintf("a mount of the restore root's filesystem, but its root %q is outside the root mount's %q, and no external mount of that superblock contains it", m.Root, r.Root)
 	}
 	fs := m.FSType
+	if fs == "devpts" && isPty(m.Root) {
+		return source{}, fmt.Sprintf("a bind of pty %s of a devpts instance: a pty exists only while its master is open, and the master is the restored tasks' terminal, which CRIU makes with them (criu/tty.c pty_create_ptmx_index): restore it with CRIU and the mntv2 hook", strings.TrimPrefix(m.Root, "/"))
+	}
 	if _, ok := FreshFS[fs]; ok || fs != "" && m.FSCode == autoCode {
 		return source{kind: fromNew}, ""
 	}
@@ -130,6 +133,20 @@ func (p *planner) sourceOf(m *forest.Mount) (source, string) {
 	}
 	return source{}, fmt.Sprintf("%s on superblock %s: CRIU makes such a mount only as a bind of the restore root or of an external mount of the same superblock, and neither contains its root %q; mntv2 creates new instances only of %s (dump it as external, --external mnt[%s]:KEY, and restore with --ext-mount-map KEY:HOSTPATH)",
 		name, forest.DevString(m.Dev), m.Root, freshList(), m.Mountpoint)
+}
+
+// isPty says whether a devpts root is a pty (/N), not the root or ptmx.
+func isPty(root string) bool {
+	n := strings.TrimPrefix(root, "/")
+	if n == "" || n == root {
+		return false
+	}
+	for _, c := range n {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // autoCode is CRIU's FSTYPE__AUTO: a filesystem named in fsname, mounted
