@@ -184,3 +184,27 @@ func rootNamespace(in Input) *forest.Namespace {
 	}
 	return in.Forest.Namespaces[0]
 }
+
+// cgroupV1Controllers are the controllers a cgroup v1 hierarchy can have.
+var cgroupV1Controllers = map[string]bool{
+	"cpuset": true, "cpu": true, "cpuacct": true, "blkio": true, "memory": true, "devices": true,
+	"freezer": true, "net_cls": true, "perf_event": true, "net_prio": true, "hugetlb": true,
+	"pids": true, "rdma": true, "misc": true, "debug": true,
+}
+
+// fsOptions are the options a new instance of m's filesystem is made with:
+// its superblock options as dumped, but for a named cgroup v1 hierarchy
+// without controllers, which mountinfo shows as "name=X" and must be made
+// with "none" too (without it the kernel takes every controller, and says
+// EBUSY: they are in other hierarchies; CRIU 4.2 fails there).
+func fsOptions(m *forest.Mount) string {
+	if m.FSType != "cgroup" || !strings.Contains(m.Options, "name=") {
+		return m.Options
+	}
+	for _, o := range strings.Split(m.Options, ",") {
+		if cgroupV1Controllers[o] || o == "none" {
+			return m.Options
+		}
+	}
+	return "none," + m.Options
+}
