@@ -787,6 +787,32 @@ func (a *applier) inBareClone(from int, path string) (clone, fd int, err error) 
 // attach moves a detached mount onto its mountpoint, resolved from the
 // parent mount's fd; missing mountpoints are created.
 func (a *applier) attach(s Step) error {
+	err := a.attachOnce(s)
+	if !errors.Is(err, unix.EROFS) || !a.plan.Handles[s.Parent].Live {
+		return err
+	}
+	// A restored parent mounted read-only (a mount CRIU made, say under
+	// ProtectSystem=strict): its mountpoint is made through a moment of
+	// rw on that mount alone, as CRIU makes ghost files
+	// (criu/mount.c try_remount_writable). A read-only superblock stays
+	// EROFS.
+	pfd := a.fds[s.Parent]
+	if rerr := a.sys("mount_setattr", func() error {
+		return unix.MountSetattr(pfd, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_clr: unix.MOUNT_ATTR_RDONLY})
+	}); rerr != nil {
+		return err
+	}
+	err = a.attachOnce(s)
+	if rerr := a.sys("mount_setattr", func() error {
+		return unix.MountSetattr(pfd, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY})
+	}); err == nil {
+		err = rerr
+	}
+	return err
+}
+
+// attachOnce is attach's work.
+func (a *applier) attachOnce(s Step) error {
 	src := a.fds[s.Handle]
 	target := a.fds[s.Parent]
 	if s.Path != "" {

@@ -390,6 +390,12 @@ func attachOrder(ns *forest.Namespace) []*forest.Mount {
 // helpers, and the pins.
 func (p *planner) finish() {
 	p.unbindable()
+	// The restore root's mount gets its flags as CRIU gives them
+	// (criu/mount-v2.c do_mount_root_v2): a read-only root stays so.
+	r := p.rootMnt
+	s := step(OpSetFlags)
+	s.NS, s.Mount, s.Handle, s.Flags, s.Why = r.NS.ID, r.ID, p.handle[r], r.Flags, "per-mount flags of the root "+r.Flags.String()
+	p.add(s)
 	p.eachCreated(func(m *forest.Mount) {
 		// New mounts and binds of them are rw,relatime; external clones
 		// and binds of host filesystems carry the host mount's flags, so
