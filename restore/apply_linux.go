@@ -736,7 +736,7 @@ func (a *applier) bind(s Step) error {
 			return unix.OpenTree(from, s.Path, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_SYMLINK_NOFOLLOW)
 		})
 		if err != nil {
-			return fmt.Errorf("%s inside %s: %w", s.Path, info.What, err)
+			return a.missingRoot(s, fmt.Errorf("%s inside %s: %w", s.Path, info.What, err))
 		}
 		a.fds[s.Handle] = fd
 		return nil
@@ -755,7 +755,7 @@ func (a *applier) bind(s Step) error {
 			}
 		}
 		if err != nil {
-			return sysErr("openat2", fmt.Errorf("%s inside %s: %w", s.Path, a.plan.Handles[s.From].What, err))
+			return a.missingRoot(s, sysErr("openat2", fmt.Errorf("%s inside %s: %w", s.Path, a.plan.Handles[s.From].What, err)))
 		}
 		defer unix.Close(fd)
 		from = fd
@@ -768,6 +768,16 @@ func (a *applier) bind(s Step) error {
 	}
 	a.fds[s.Handle] = fd
 	return nil
+}
+
+// missingRoot says why a bind's root is missing from a tmpfs mntv2 filled
+// from its archive: CRIU's tar leaves out sockets (GNU tar: "socket
+// ignored"), which only the restored tasks make again.
+func (a *applier) missingRoot(s Step, err error) error {
+	if !errors.Is(err, unix.ENOENT) || a.fillFor(s.From) == nil {
+		return err
+	}
+	return fmt.Errorf("%w: its root is not in the tmpfs content (a socket, which CRIU's tar leaves out and the restored tasks make again: restore it with CRIU and the mntv2 hook, which binds it once CRIU has)", err)
 }
 
 // inBareClone opens path inside a clone of the mount from, without the
