@@ -127,8 +127,10 @@ for sdir in "$@"; do
 		continue
 	fi
 	"$MNTV2" show --tree "$ct" --canonical >"$w/before.txt"
+	# mntv2 as the dump's action script too: at post-dump it records what
+	# CRIU's images lose (mntv2-dump.json), which CRIU alone ignores.
 	if ! "$CRIU" dump -t "$ct" -D "$w/img" -W "$w/work" -o dump.log -v4 --ext-mount-map auto \
-		--enable-external-sharing --enable-external-masters >/dev/null 2>&1; then
+		--enable-external-sharing --enable-external-masters --action-script "$MNTV2" >/dev/null 2>&1; then
 		fail "$name: criu dump failed: $(firsterr "$w/work/dump.log")"
 		kill_tree "$ct"
 		continue
