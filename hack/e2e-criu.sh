@@ -147,8 +147,8 @@ for sdir in "$@"; do
 			fi
 			# The default mode must be exact; strip and reapply leaves
 			# the mounts to CRIU, so it must be no worse than CRIU alone.
-			if [ "$with" = mntv2 ] && [ "$cell" != identical ] ||
-				[ "$with" = strip ] && [ "$cell" != identical ] && [ "${cells[$mode-alone]}" = identical ]; then
+			if [ "$cell" != identical ] && { [ "$with" = mntv2 ] ||
+				{ [ "$with" = strip ] && [ "${cells[$mode-alone]}" = identical ]; }; }; then
 				fail "$name ($mode, CRIU + mntv2 $with): $cell; see $w"
 			fi
 			cells[$mode-$with]=$cell

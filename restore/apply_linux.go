@@ -346,6 +346,10 @@ func (a *applier) executor(s Step) uint32 {
 		if info := a.plan.Handles[s.From]; info.Root || info.Live && !info.Helper {
 			return info.NS
 		}
+	case OpNewSuperblock:
+		if s.InNS {
+			return s.NS
+		}
 	}
 	return 0
 }
@@ -656,6 +660,13 @@ func mntNamespaceID(nsfd int) (uint64, error) {
 
 // newSuperblock makes a detached mount of a new filesystem instance.
 func (a *applier) newSuperblock(s Step) error {
+	if s.InNS {
+		// Its options name paths in the namespace (an overlay's
+		// layers): every tmpfs content must be in place.
+		if err := a.waitFills(); err != nil {
+			return err
+		}
+	}
 	fsfd, err := a.sysFd("fsopen", func() (int, error) { return unix.Fsopen(s.FSType, unix.FSOPEN_CLOEXEC) })
 	if err != nil {
 		return fmt.Errorf("%s: %w", s.FSType, err)
