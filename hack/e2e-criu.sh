@@ -292,10 +292,13 @@ if [ -d "$w09/img" ]; then
 	umount -l "$w09/hostshare"
 	mount -t tmpfs hostshare "$w09/hostshare"
 	mount --make-private "$w09/hostshare"
-	# Shared mounts until one has the images' number (numbers are given
-	# lowest free first, so it comes at once or soon).
-	decoy= got=
+	# A host mount with the images' number: one that has it already (it
+	# was recycled meanwhile), or new shared mounts until one gets it
+	# (numbers are given lowest free first, so it comes at once or soon).
+	decoy=$(awk -v g="shared:$want" '{ for (i = 7; $i != "-"; i++) if ($i == g) { print $5; exit } }' /proc/self/mountinfo)
+	got=
 	for i in $(seq 50); do
+		[ -z "$decoy" ] || break
 		mkdir -p "$w09/decoy$i"
 		mount -t tmpfs "decoy$i" "$w09/decoy$i"
 		mount --make-shared "$w09/decoy$i"
