@@ -192,7 +192,21 @@ func HostPaths(f *forest.Forest, rootNS uint32, live map[uint32]*LiveNamespace, 
 			}
 			ref := MountRef{ns.ID, m.ID}
 			dev, mroot := m.Dev, m.Root
-			if ln := live[ns.ID]; ln != nil && ln.Mounts[m.ID] != nil {
+			if ln := live[ns.ID]; ln == nil || ln.Mounts[m.ID] == nil {
+				// Not restored by CRIU (reduce mode): mntv2 clones it from
+				// its host path itself, so the host mount is the one that
+				// path lies on, if it is still of the images' filesystem.
+				if want := autoHostPath(m); want != "" {
+					if on := mountOn(host, want); on != nil {
+						why[ref] = hostMountState(m, on, want)
+						if why[ref] == "" {
+							paths[ref] = on.Mountpoint
+							delete(why, ref)
+						}
+					}
+				}
+				continue
+			} else {
 				l := ln.Mounts[m.ID]
 				dev, mroot = l.Dev, l.Root
 				if m.FSType != "" && l.FSType != m.FSType && m.External == autoExternal {
@@ -250,6 +264,18 @@ func HostPaths(f *forest.Forest, rootNS uint32, live map[uint32]*LiveNamespace, 
 		}
 	}
 	return paths, why, peers
+}
+
+// hostMountState says why host mount on, on which m's source path lies,
+// cannot be its host side, or "".
+func hostMountState(m, on *forest.Mount, path string) string {
+	switch {
+	case m.FSType != "" && on.FSType != m.FSType:
+		return fmt.Sprintf("the host mount it was bound from, at %s, is gone: a %s filesystem is there now, the images say %s", path, on.FSType, m.FSType)
+	case on.PeerGroup == 0 && on.Master == 0:
+		return fmt.Sprintf("the host mount %s (mount %d) it was bound from, at %s, is in no peer group and has no master now", on.Mountpoint, on.ID, path)
+	}
+	return ""
 }
 
 // autoHostPath is the host path CRIU's --ext-mount-map auto recorded as an

@@ -170,11 +170,11 @@ func TestHostPathsByIdentity(t *testing.T) {
 		path, why string
 	}{
 		{"the source, still shared", ext, []forest.Mount{hostRoot,
-			{ID: 101, ParentID: 100, Mountpoint: "/w/hostshare", Root: "/", Dev: 50, PeerGroup: 9}, decoy}, "/w/hostshare", ""},
+			{ID: 101, ParentID: 100, Mountpoint: "/w/hostshare", Root: "/", Dev: 50, PeerGroup: 9, FSType: "tmpfs"}, decoy}, "/w/hostshare", ""},
 		{"the source lost its group; a decoy has the old number", ext, []forest.Mount{hostRoot,
-			{ID: 101, ParentID: 100, Mountpoint: "/w/hostshare", Root: "/", Dev: 50}, decoy}, "", "is in no peer group and has no master now"},
+			{ID: 101, ParentID: 100, Mountpoint: "/w/hostshare", Root: "/", Dev: 50, FSType: "tmpfs"}, decoy}, "", "is in no peer group and has no master now"},
 		{"the source is another filesystem now", ext, []forest.Mount{hostRoot,
-			{ID: 103, ParentID: 100, Mountpoint: "/w/hostshare", Root: "/", Dev: 70, PeerGroup: 5}, decoy}, "", "is not the one it was bound from"},
+			{ID: 103, ParentID: 100, Mountpoint: "/w/hostshare", Root: "/", Dev: 70, PeerGroup: 5, FSType: "tmpfs"}, decoy}, "", "is not the one it was bound from"},
 		{"no source path: the one host mount in a group on its superblock", withKey(ext, "vol"), []forest.Mount{hostRoot,
 			{ID: 101, ParentID: 100, Mountpoint: "/a", Root: "/", Dev: 50, PeerGroup: 9},
 			{ID: 104, ParentID: 100, Mountpoint: "/b", Root: "/sub", Dev: 50}, decoy}, "/a", ""},
@@ -185,12 +185,34 @@ func TestHostPathsByIdentity(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			f := externalForest(t, c.ext)
-			paths, why, _ := HostPaths(f, 1, nil, c.host)
+			// CRIU restored it: the live mount is a clone of the host's.
+			restored := c.ext
+			live := map[uint32]*LiveNamespace{1: {Mounts: map[uint32]*forest.Mount{10: &restored}}}
+			paths, why, _ := HostPaths(f, 1, live, c.host)
 			if paths[ref] != c.path || !strings.Contains(why[ref], c.why) || (c.why == "") != (why[ref] == "") {
 				t.Errorf("path %q, why %q; want %q, %q", paths[ref], why[ref], c.path, c.why)
 			}
 			if paths[ref] == decoy.Mountpoint {
 				t.Errorf("joined the decoy")
+			}
+		})
+	}
+	// Not restored by CRIU (reduce mode): mntv2 clones it from the host
+	// mount its source lies on, which must still be of its filesystem and
+	// in a group.
+	for _, c := range []struct {
+		name      string
+		on        forest.Mount
+		path, why string
+	}{
+		{"made by mntv2: the host share", forest.Mount{ID: 101, ParentID: 100, Mountpoint: "/w/hostshare", Root: "/", Dev: 99, PeerGroup: 9, FSType: "tmpfs"}, "/w/hostshare", ""},
+		{"made by mntv2: the share is gone, the directory is there", forest.Mount{ID: 100, ParentID: 99, Mountpoint: "/", Root: "/", Dev: 8, PeerGroup: 2, FSType: "ext4"}, "", "is gone: a ext4 filesystem is there now, the images say tmpfs"},
+		{"made by mntv2: the share is private", forest.Mount{ID: 101, ParentID: 100, Mountpoint: "/w/hostshare", Root: "/", Dev: 99, FSType: "tmpfs"}, "", "is in no peer group"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			paths, why, _ := HostPaths(externalForest(t, ext), 1, nil, []forest.Mount{hostRoot, c.on, decoy})
+			if paths[ref] != c.path || !strings.Contains(why[ref], c.why) || (c.why == "") != (why[ref] == "") {
+				t.Errorf("path %q, why %q; want %q, %q", paths[ref], why[ref], c.path, c.why)
 			}
 		})
 	}
