@@ -13,8 +13,11 @@
 #   mntv2          mntv2 restore standalone (--root: the container's root,
 #                  the same directory CRIU restores onto; captured with
 #                  show --pin-dir, released after)
-#   hook/v2        CRIU + mntv2 (--action-script), mount-v2
-#   hook/compat    CRIU + mntv2 (--action-script), --mntns-compat-mode
+#   hook/v2        CRIU + mntv2 (--action-script; reduce and complete, the
+#                  default), mount-v2
+#   hook/compat    the same, --mntns-compat-mode
+#   strip/v2, strip/compat (only when DIFF_MODES names them): CRIU + mntv2
+#                  with MNTV2_REDUCE=0 (strip and reapply)
 # Each result is identical, wrong(N) (N lines of the capture differ), fails
 # or hangs, compared with the capture before the dump. A mntv2 mode is
 # "worse than CRIU" when it is not identical where CRIU alone in the same
@@ -41,8 +44,9 @@
 #   a directory with a scenario.sh (and maybe host.sh, as testdata/e2e/*)
 #   runs that scenario instead of a generated one
 # env:   CRIU (default: criu on PATH), MNTV2 (default: bin/mntv2),
-#        DIFF_MODES (default: all five: criu-v2 criu-compat mntv2 hook-v2
-#        hook-compat; empty: build and dump only),
+#        DIFF_MODES (default: criu-v2 criu-compat mntv2 hook-v2
+#        hook-compat; also strip-v2 strip-compat; empty: build and dump
+#        only),
 #        SEEDS, SEED_START (default 1; "random" picks one and prints it),
 #        DIFF_OUT (default bin/diff-runner.txt), DIFF_KEEP=1 keeps every
 #        seed's work directory, MAX_MOUNTS (randtree -max-mounts, default 40),
@@ -204,14 +208,16 @@ criu_restore() {
 	local args=(restore -d -D "$w/img" -W "$w/work" --root "$w/root" --ext-mount-map auto
 		--pidfile "$w/work/pid" -o "restore-$mode-$with.log" -v4)
 	[ "$mode" = compat ] && args+=(--mntns-compat-mode)
-	[ "$with" = hook ] && args+=(--action-script "$MNTV2")
+	[ "$with" = alone ] || args+=(--action-script "$MNTV2")
+	local reduce=1
+	[ "$with" != strip ] || reduce=0
 	rm -f "$w/work/pid"
 	local log=$w/work/mntv2-$mode-$with.log rc=0
 	# On a hang, what mntv2 would say of the images as pre-restore left them.
 	local on_timeout=
 	# shellcheck disable=SC2016
 	[ "$with" = alone ] || on_timeout='"$MNTV2" show --images "$w/img" >/dev/null 2>"$w/work/images-at-timeout-$mode.txt" || true'
-	MNTV2_LOG=$log bounded "$CRIU" "${args[@]}" >/dev/null 2>&1 || rc=$?
+	MNTV2_REDUCE=$reduce MNTV2_LOG=$log bounded "$CRIU" "${args[@]}" >/dev/null 2>&1 || rc=$?
 	if [ "$rc" != 0 ]; then
 		cell=fails
 		why=
@@ -264,9 +270,9 @@ declare -A count=()
 worse=0 better=0 broken=0 dumpfails=0 seeds=0 total_secs=0 opfails=0
 declare -a kept=() worse_list=() broken_list=() opseeds=()
 
-fmt='%-6s %-6s %-3s %-4s %-14s %-14s %-14s %-14s %-14s %5s %s'
+fmt='%-6s %-6s %-3s %-4s %-14s %-14s %-14s %-14s %-14s %-14s %-14s %5s %s'
 # shellcheck disable=SC2059
-out "$(printf "$fmt" seed mounts ns ops criu/v2 criu/compat mntv2 hook/v2 hook/compat secs note)"
+out "$(printf "$fmt" seed mounts ns ops criu/v2 criu/compat mntv2 hook/v2 hook/compat strip/v2 strip/compat secs note)"
 for seed in "$@"; do
 	t0=$(date +%s.%N)
 	seeds=$((seeds + 1))
@@ -315,6 +321,8 @@ for seed in "$@"; do
 				mntv2) standalone ;;
 				hook-v2) criu_restore v2 hook ;;
 				hook-compat) criu_restore compat hook ;;
+				strip-v2) criu_restore v2 strip ;;
+				strip-compat) criu_restore compat strip ;;
 				esac
 				if [ "$(digest "$w/img")" != "$sum" ]; then
 					cell="$cell,images-changed"
@@ -327,7 +335,7 @@ for seed in "$@"; do
 			done
 			# Worse or better than CRIU alone.
 			w_here=()
-			for pair in hook-v2:criu-v2 hook-compat:criu-compat; do
+			for pair in hook-v2:criu-v2 hook-compat:criu-compat strip-v2:criu-v2 strip-compat:criu-compat; do
 				m=${pair%%:*} c=${pair#*:}
 				if [ -z "${cells[$m]:-}" ] || [ -z "${cells[$c]:-}" ]; then continue; fi
 				if [ "${cells[$c]}" = identical ] && [ "${cells[$m]}" != identical ]; then
@@ -370,9 +378,10 @@ for seed in "$@"; do
 	total_secs=$(awk -v a="$total_secs" -v b="$secs" 'BEGIN { print a + b }')
 	# shellcheck disable=SC2059
 	out "$(printf "$fmt" "$seed" "$mounts" "$nns" "$bad" "${cells[criu-v2]:--}" "${cells[criu-compat]:--}" "${cells[mntv2]:--}" \
-		"${cells[hook-v2]:--}" "${cells[hook-compat]:--}" "$(printf '%.1f' "$secs")" "$note")"
+		"${cells[hook-v2]:--}" "${cells[hook-compat]:--}" "${cells[strip-v2]:--}" "${cells[strip-compat]:--}" \
+		"$(printf '%.1f' "$secs")" "$note")"
 	keep=${DIFF_KEEP:-}
-	for m in mntv2 hook-v2 hook-compat; do
+	for m in mntv2 hook-v2 hook-compat strip-v2 strip-compat; do
 		[ "${cells[$m]:-identical}" = identical ] || keep=1
 	done
 	[ -z "$note" ] || keep=1
@@ -388,11 +397,11 @@ done
 out ""
 out "seeds: $seeds, not dumped by CRIU: $dumpfails, could not run: $broken${broken_list[*]:+ (${broken_list[*]})}"
 out "scenario operations that failed (the generator's model was wrong; the scenario ran without them): $opfails${opseeds[*]:+ (seeds ${opseeds[*]})}"
-for m in "${all_modes[@]}"; do
+for m in "${modes[@]}"; do
 	line=$(printf '%-12s identical %3d  wrong %3d  fails %3d  hangs %3d' "$m" "${count[$m-identical]:-0}" "${count[$m-wrong]:-0}" \
 		"${count[$m-fails]:-0}" "${count[$m-hangs]:-0}")
 	case $m in
-	mntv2 | hook-*) line="$line  worse than CRIU $(printf '%3d' "${count[$m-worse]:-0}")  better $(printf '%3d' "${count[$m-better]:-0}")" ;;
+	mntv2 | hook-* | strip-*) line="$line  worse than CRIU $(printf '%3d' "${count[$m-worse]:-0}")  better $(printf '%3d' "${count[$m-better]:-0}")" ;;
 	esac
 	out "$line"
 done
