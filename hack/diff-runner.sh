@@ -7,7 +7,7 @@
 # with the host's /bin /lib /usr /etc binds, proc, a tmpfs /dev and /tmp),
 # captures every namespace (mntv2 show --tree PID --canonical), checkpoints
 # it with criu dump (--ext-mount-map auto --enable-external-sharing
-# --enable-external-masters), then restores it five ways:
+# --enable-external-masters), then restores it seven ways:
 #   criu/v2        CRIU alone, mount-v2
 #   criu/compat    CRIU alone, --mntns-compat-mode
 #   mntv2          mntv2 restore standalone (--root: the container's root,
@@ -16,8 +16,8 @@
 #   hook/v2        CRIU + mntv2 (--action-script; reduce and complete, the
 #                  default), mount-v2
 #   hook/compat    the same, --mntns-compat-mode
-#   strip/v2, strip/compat (only when DIFF_MODES names them): CRIU + mntv2
-#                  with MNTV2_REDUCE=0 (strip and reapply)
+#   strip/v2, strip/compat: CRIU + mntv2 with MNTV2_REDUCE=0 (strip and
+#                  reapply)
 # Each result is identical, wrong(N) (N lines of the capture differ), fails
 # or hangs, compared with the capture before the dump. A mntv2 mode is
 # "worse than CRIU" when it is not identical where CRIU alone in the same
@@ -40,13 +40,13 @@
 # are ever killed.
 #
 # usage: hack/diff-runner.sh [SEED|SCENARIO_DIR...]
-#   no seeds: the CI set (seeds 1..50); SEEDS=N: N seeds from SEED_START;
+#   no seeds: the CI set (seeds 1..50 and hack/randtree/regressions/*, the
+#   failures kept as scenarios); SEEDS=N: N seeds from SEED_START;
 #   a directory with a scenario.sh (and maybe host.sh, as testdata/e2e/*)
 #   runs that scenario instead of a generated one
 # env:   CRIU (default: criu on PATH), MNTV2 (default: bin/mntv2),
-#        DIFF_MODES (default: criu-v2 criu-compat mntv2 hook-v2
-#        hook-compat; also strip-v2 strip-compat; empty: build and dump
-#        only),
+#        DIFF_MODES (default: all seven, criu-v2 criu-compat mntv2 hook-v2
+#        hook-compat strip-v2 strip-compat; empty: build and dump only),
 #        SEEDS, SEED_START (default 1; "random" picks one and prints it),
 #        DIFF_OUT (default bin/diff-runner.txt), DIFF_KEEP=1 keeps every
 #        seed's work directory, MAX_MOUNTS (randtree -max-mounts, default 40),
@@ -81,7 +81,7 @@ if [ $# -eq 0 ]; then
 		fi
 		set -- $(seq "$start" $((start + SEEDS - 1)))
 	else
-		set -- $(seq 1 50)
+		set -- $(seq 1 50) "$here"/randtree/regressions/*/
 	fi
 fi
 
@@ -280,7 +280,7 @@ standalone() {
 	"$MNTV2" release --pin-dir "$pins" >>"$w/work/mntv2-restore.log" 2>&1 || cell="$cell,release-fails"
 }
 
-all_modes=(criu-v2 criu-compat mntv2 hook-v2 hook-compat)
+all_modes=(criu-v2 criu-compat mntv2 hook-v2 hook-compat strip-v2 strip-compat)
 read -r -a modes <<<"${DIFF_MODES-${all_modes[*]}}"
 declare -A count=()
 worse=0 better=0 broken=0 dumpfails=0 seeds=0 total_secs=0 opfails=0
