@@ -44,7 +44,7 @@ func (d Difference) String() string {
 // of overmounts) with the same root path, filesystem type, source, per-mount
 // flags and unbindable state, and when mount ids, device numbers and peer
 // group numbers can be renamed, one to one, to turn one into the other. The
-// root mount of each namespace is compared by mountpoint and sharing only. What the
+// root mount of each namespace is compared by mountpoint, flags and sharing only. What the
 // expected side cannot know is not compared: an external mount's source
 // (the host's), a filesystem type CRIU did not record (UNSUPPORTED), a flag
 // in expected.Lossy that expected lacks, and tracefs mounts, which CRIU
@@ -181,13 +181,7 @@ func (c *comparison) mount(e, f *Mount) {
 	if e.External == "" && e.Source != f.Source {
 		c.addAt(KindTree, e, "source", e.Source, f.Source)
 	}
-	ef, ff := e.Flags, f.Flags
-	if lost := c.lossy &^ ef; lost != 0 {
-		ff &^= lost // expected cannot say these flags were not set
-	}
-	if ef != ff {
-		c.addAt(KindFlags, e, "flags", ef.String(), ff.String())
-	}
+	c.flags(e, f)
 	if e.Unbindable != f.Unbindable {
 		c.addAt(KindSharing, e, "unbindable", yesNo(e.Unbindable), yesNo(f.Unbindable))
 	}
@@ -200,13 +194,24 @@ func (c *comparison) mount(e, f *Mount) {
 }
 
 // root compares the root mounts of a namespace: what they are is the
-// restorer's choice, but not their sharing.
+// restorer's choice, but not their flags and sharing.
 func (c *comparison) root(e, f *Mount) {
+	c.flags(e, f)
 	if e.Unbindable != f.Unbindable {
 		c.addAt(KindSharing, e, "unbindable", yesNo(e.Unbindable), yesNo(f.Unbindable))
 	}
 	c.sharing(e, f, "peer group", e.PeerGroup, f.PeerGroup, "shared")
 	c.sharing(e, f, "master", e.Master, f.Master, "master")
+}
+
+func (c *comparison) flags(e, f *Mount) {
+	ef, ff := e.Flags, f.Flags
+	if lost := c.lossy &^ ef; lost != 0 {
+		ff &^= lost // expected cannot say these flags were not set
+	}
+	if ef != ff {
+		c.addAt(KindFlags, e, "flags", ef.String(), ff.String())
+	}
 }
 
 // NeverInImages says whether a live mount is one CRIU leaves out of its

@@ -126,7 +126,37 @@ func ImageNamespaces(d *images.Dir) ([]NamespaceMounts, error) {
 		}
 		input = append(input, in)
 	}
+	x, err := d.ReadExtra()
+	if err != nil {
+		return nil, err
+	}
+	ApplyExtra(input, x)
 	return input, nil
+}
+
+// ApplyExtra adds what mntv2's dump-side record (images.Extra) says the
+// images' mounts had beyond their MntEntry: the per-mount flags CRIU's
+// dump drops. It returns how many mounts it changed.
+func ApplyExtra(input []NamespaceMounts, x *images.Extra) int {
+	if x == nil {
+		return 0
+	}
+	type ref struct{ ns, id uint32 }
+	extra := make(map[ref]images.ExtraMount, len(x.Mounts))
+	for _, m := range x.Mounts {
+		extra[ref{m.NS, m.MntID}] = m
+	}
+	n := 0
+	for i := range input {
+		for j := range input[i].Mounts {
+			m := &input[i].Mounts[j]
+			if e, ok := extra[ref{input[i].ID, m.ID}]; ok && e.Flags != 0 {
+				m.Flags = (m.Flags | Flags(e.Flags)&PerMountMask).AtimeMode()
+				n++
+			}
+		}
+	}
+	return n
 }
 
 // ToImageMount converts a mount back to an image entry, as CRIU would write

@@ -139,7 +139,7 @@ func (refs *MountRefs) file(fe *fdinfo.FileEntry) string {
 		if len(u.GetName()) == 0 || u.GetName()[0] == 0 {
 			return "" // unnamed or abstract: no file
 		}
-		name := string(u.GetName())
+		name := strings.TrimRight(string(u.GetName()), "\x00") // CRIU keeps the address's NUL
 		if u.GetUflags()&uskExtern != 0 {
 			return fmt.Sprintf("unix socket %s has a peer outside the tree, connected by path", name)
 		}
@@ -157,7 +157,8 @@ func (refs *MountRefs) file(fe *fdinfo.FileEntry) string {
 		for _, mk := range fe.GetFfy().GetMark() {
 			switch mk.GetType() {
 			case fsnotify.MarkType_MOUNT:
-				refs.add(mk.GetMe().GetMntId(), "fanotify mount mark "+mk.GetMe().GetPath())
+				// CRIU writes the path only when no mntns is dumped.
+				refs.add(mk.GetMe().GetMntId(), strings.TrimSpace("fanotify mount mark "+mk.GetMe().GetPath()))
 			default:
 				if why := refs.handle(mk.GetIe().GetFHandle(), mk.GetSDev(), "fanotify mark"); why != "" {
 					return why

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/mntv2/mntv2/forest"
+	"github.com/mntv2/mntv2/images"
 	"github.com/mntv2/mntv2/internal/testns"
 	"github.com/mntv2/mntv2/restore"
 	"golang.org/x/sys/unix"
@@ -42,7 +43,12 @@ func restoreReduced(t *testing.T, fixture string) ([]forest.NamespaceMounts, map
 
 func restoreAs(t *testing.T, fixture string, kept map[restore.MountRef]string) ([]forest.NamespaceMounts, map[uint32]string, map[restore.MountRef]string) {
 	t.Helper()
-	d := openDir(t, filepath.Join(fixtures, fixture, "images"))
+	return restoreDirAs(t, filepath.Join(fixtures, fixture, "images"), kept)
+}
+
+func restoreDirAs(t *testing.T, dir string, kept map[restore.MountRef]string) ([]forest.NamespaceMounts, map[uint32]string, map[restore.MountRef]string) {
+	t.Helper()
+	d := openDir(t, dir)
 	input, err := forest.ImageNamespaces(d)
 	if err != nil {
 		t.Fatal(err)
@@ -72,8 +78,8 @@ func restoreAs(t *testing.T, fixture string, kept map[restore.MountRef]string) (
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	root, pins := filepath.Join(dir, "root"), filepath.Join(dir, "pins")
+	scratch := t.TempDir()
+	root, pins := filepath.Join(scratch, "root"), filepath.Join(scratch, "pins")
 	if err := os.Mkdir(root, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -251,4 +257,39 @@ func dirTree(t *testing.T, dir string) string {
 		t.Fatal(err)
 	}
 	return b.String()
+}
+
+// Reduce and complete under a read-only restored parent: CRIU made the
+// root read-only, and the mountpoints of the mounts mntv2 makes under it
+// are made through a moment of rw on that mount; it is read-only again
+// after.
+func TestApplyLiveReducedReadOnlyParent(t *testing.T) {
+	if !testns.Isolate(t) {
+		return
+	}
+	dir := t.TempDir()
+	img, err := images.EncodeMounts(10, []images.Mount{
+		{MntID: 1, ParentMntID: 1, Mountpoint: "/", Root: "/", FSType: 5, RootDev: 30, Source: "ctroot", Flags: uint32(forest.ReadOnly | forest.Relatime)},
+		{MntID: 2, ParentMntID: 1, Mountpoint: "/a", Root: "/", FSType: 5, RootDev: 31, Source: "a", Flags: uint32(forest.Relatime)},
+		{MntID: 3, ParentMntID: 2, Mountpoint: "/a/b", Root: "/", FSType: 5, RootDev: 32, Source: "b", Flags: uint32(forest.Relatime)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := openDir(t, dir)
+	if err := d.WriteImage(img); err != nil {
+		t.Fatal(err)
+	}
+	kept := map[restore.MountRef]string{{NS: 10, Mount: 1}: "a namespace's root"}
+	input, paths, _ := restoreDirAs(t, dir, kept)
+	rep, err := restore.ApplyLive(input, paths, restore.LiveOptions{Kept: kept, Images: d})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, diff := range rep.Differences {
+		t.Error(diff)
+	}
+	if rep.Created != 2 {
+		t.Errorf("made %d mounts, want 2", rep.Created)
+	}
 }

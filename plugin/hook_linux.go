@@ -113,7 +113,7 @@ func (s Settings) Logger(stderr io.Writer) (log *slog.Logger, close func()) {
 // script with a non-zero status, which aborts the restore.
 func Hook(getenv func(string) string, s Settings, log *slog.Logger) error {
 	action := getenv(EnvAction)
-	if s.Disabled || action != "pre-restore" && action != "post-restore" {
+	if s.Disabled || action != "pre-restore" && action != "post-restore" && action != "post-dump" {
 		return nil
 	}
 	s.Log = log
@@ -127,11 +127,29 @@ func Hook(getenv func(string) string, s Settings, log *slog.Logger) error {
 	}
 	defer d.Close()
 	switch action {
+	case "post-dump":
+		pid, err := strconv.Atoi(getenv(EnvInitPID))
+		if err != nil || pid <= 0 {
+			return fmt.Errorf("post-dump: %s=%q is not a pid", EnvInitPID, getenv(EnvInitPID))
+		}
+		// A dump CRIU completes must complete: without the record, a
+		// restore is as exact as CRIU's alone.
+		if _, err := PostDump(d, pid, log); err != nil {
+			log.Warn("post-dump: not recorded what CRIU's images lose (restores will lack it, as CRIU's do)", "err", err)
+		}
+		return nil
 	case "pre-restore":
 		return PreRestore(d, os.Getppid(), s)
 	default:
+		criu := os.Getppid()
 		if pause := pauseAt(os.Getenv("MNTV2_TEST_PAUSE"), log); pause != nil {
 			_ = pause("post-restore")
+		}
+		if now := os.Getppid(); now != criu {
+			// CRIU died while this ran (its watcher puts the images
+			// back): the restore is over, and its tasks are not to be
+			// touched.
+			return fmt.Errorf("post-restore: CRIU (pid %d) is gone: not finishing its restore", criu)
 		}
 		pid, err := strconv.Atoi(getenv(EnvInitPID))
 		if err != nil || pid <= 0 {
@@ -203,6 +221,7 @@ func pauseAt(step string, log *slog.Logger) func(string) error {
 	return func(s string) error {
 		if s == step {
 			fmt.Fprintf(os.Stderr, "mntv2: paused before %s\n", s)
+			log.Warn("paused before " + s + " (MNTV2_TEST_PAUSE)")
 			time.Sleep(30 * time.Second)
 		}
 		return nil

@@ -216,9 +216,11 @@ func Rewrite(d *images.Dir, owner int, token string, opt RewriteOptions) (*Manif
 		man.Files = append(man.Files, FileRecord{Name: name, SHA256: hex.EncodeToString(sum[:])})
 		rewritten[name] = out.Bytes()
 	}
-	if len(man.Files) == 0 {
+	if len(man.Files) == 0 && !d.Exists(images.ExtraName) {
 		return nil, nil
 	}
+	// With nothing to rewrite but mntv2's dump-side record, the manifest
+	// alone tells post-restore to give the mounts what CRIU cannot.
 	// 1. The manifest: from here on, Recover knows what to undo.
 	if err := fail("manifest"); err != nil {
 		return nil, err

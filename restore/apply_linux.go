@@ -346,6 +346,10 @@ func (a *applier) executor(s Step) uint32 {
 		if info := a.plan.Handles[s.From]; info.Root || info.Live && !info.Helper {
 			return info.NS
 		}
+	case OpNewSuperblock:
+		if s.InNS {
+			return s.NS
+		}
 	}
 	return 0
 }
@@ -656,6 +660,13 @@ func mntNamespaceID(nsfd int) (uint64, error) {
 
 // newSuperblock makes a detached mount of a new filesystem instance.
 func (a *applier) newSuperblock(s Step) error {
+	if s.InNS {
+		// Its options name paths in the namespace (an overlay's
+		// layers): every tmpfs content must be in place.
+		if err := a.waitFills(); err != nil {
+			return err
+		}
+	}
 	fsfd, err := a.sysFd("fsopen", func() (int, error) { return unix.Fsopen(s.FSType, unix.FSOPEN_CLOEXEC) })
 	if err != nil {
 		return fmt.Errorf("%s: %w", s.FSType, err)
@@ -736,7 +747,7 @@ func (a *applier) bind(s Step) error {
 			return unix.OpenTree(from, s.Path, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_SYMLINK_NOFOLLOW)
 		})
 		if err != nil {
-			return fmt.Errorf("%s inside %s: %w", s.Path, info.What, err)
+			return a.missingRoot(s, fmt.Errorf("%s inside %s: %w", s.Path, info.What, err))
 		}
 		a.fds[s.Handle] = fd
 		return nil
@@ -755,7 +766,7 @@ func (a *applier) bind(s Step) error {
 			}
 		}
 		if err != nil {
-			return sysErr("openat2", fmt.Errorf("%s inside %s: %w", s.Path, a.plan.Handles[s.From].What, err))
+			return a.missingRoot(s, sysErr("openat2", fmt.Errorf("%s inside %s: %w", s.Path, a.plan.Handles[s.From].What, err)))
 		}
 		defer unix.Close(fd)
 		from = fd
@@ -768,6 +779,16 @@ func (a *applier) bind(s Step) error {
 	}
 	a.fds[s.Handle] = fd
 	return nil
+}
+
+// missingRoot says why a bind's root is missing from a tmpfs mntv2 filled
+// from its archive: CRIU's tar leaves out sockets (GNU tar: "socket
+// ignored"), which only the restored tasks make again.
+func (a *applier) missingRoot(s Step, err error) error {
+	if !errors.Is(err, unix.ENOENT) || a.fillFor(s.From) == nil {
+		return err
+	}
+	return fmt.Errorf("%w: its root is not in the tmpfs content (a socket, which CRIU's tar leaves out and the restored tasks make again: restore it with CRIU and the mntv2 hook, which binds it once CRIU has)", err)
 }
 
 // inBareClone opens path inside a clone of the mount from, without the
@@ -787,6 +808,32 @@ func (a *applier) inBareClone(from int, path string) (clone, fd int, err error) 
 // attach moves a detached mount onto its mountpoint, resolved from the
 // parent mount's fd; missing mountpoints are created.
 func (a *applier) attach(s Step) error {
+	err := a.attachOnce(s)
+	if !errors.Is(err, unix.EROFS) || !a.plan.Handles[s.Parent].Live {
+		return err
+	}
+	// A restored parent mounted read-only (a mount CRIU made, say under
+	// ProtectSystem=strict): its mountpoint is made through a moment of
+	// rw on that mount alone, as CRIU makes ghost files
+	// (criu/mount.c try_remount_writable). A read-only superblock stays
+	// EROFS.
+	pfd := a.fds[s.Parent]
+	if rerr := a.sys("mount_setattr", func() error {
+		return unix.MountSetattr(pfd, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_clr: unix.MOUNT_ATTR_RDONLY})
+	}); rerr != nil {
+		return err
+	}
+	err = a.attachOnce(s)
+	if rerr := a.sys("mount_setattr", func() error {
+		return unix.MountSetattr(pfd, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY})
+	}); err == nil {
+		err = rerr
+	}
+	return err
+}
+
+// attachOnce is attach's work.
+func (a *applier) attachOnce(s Step) error {
 	src := a.fds[s.Handle]
 	target := a.fds[s.Parent]
 	if s.Path != "" {

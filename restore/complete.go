@@ -58,7 +58,7 @@ func (p *planner) complete() error {
 		}
 	}
 	for _, dev := range devs {
-		if p.hasContent(byDev[dev][0]) {
+		if byDev[dev][0].FSType != "overlay" && p.hasContent(byDev[dev][0]) {
 			p.newSuperblock(byDev[dev])
 		}
 	}
@@ -84,6 +84,8 @@ func (p *planner) complete() error {
 				p.sourceHandle(m.Dev, byDev[m.Dev])
 			}
 		case src.kind == fromHost:
+		case src.kind == fromNew && m.FSType == "overlay":
+			// Made in its namespace after the rest (lateMounts).
 		case src.kind == fromNew:
 			p.bind(m, p.sourceHandle(m.Dev, byDev[m.Dev]), rel(m.Root), p.whyf("a private bind of root %s", m.Root))
 		default:
@@ -94,18 +96,19 @@ func (p *planner) complete() error {
 	for _, m := range deleted {
 		p.deletedBind(m)
 	}
+	var toAttach []*forest.Mount
 	for _, m := range dropped {
-		if m.IsRoot() {
-			continue // a namespace's root is always CRIU's (Reduce)
+		if !m.IsRoot() { // a namespace's root is always CRIU's (Reduce)
+			toAttach = append(toAttach, m)
 		}
-		s := step(OpAttach)
-		s.NS, s.Mount, s.Handle, s.Parent = m.NS.ID, m.ID, p.handle[m], p.h(m.Parent)
-		s.Path = relTo(m.Mountpoint, m.Parent.Mountpoint)
-		// Mountpoints made in a restored mount of the restore root or of
-		// the host outlive an aborted restore: they are removed again.
-		s.Persistent = isKept(m.Parent) && p.persistent(m.Parent)
-		s.Why = p.whyf("mount %s", m.Describe())
-		p.add(s)
+	}
+	early, late := lateMounts(toAttach, func(m *forest.Mount) bool { return p.src[m].kind == fromNew })
+	for _, m := range early {
+		p.attachStep(m)
+	}
+	for _, m := range late {
+		p.overlay(m, byDev)
+		p.attachStep(m)
 	}
 	for _, m := range dropped {
 		if m.Flags == forest.Relatime && p.src[m].kind == fromNew {

@@ -83,6 +83,7 @@ func NewLivePlan(in Input) (*Plan, error) {
 	}
 	p.plan.Steps = append(p.plan.Steps, p.deletedSteps...)
 	p.unbindable()
+	p.lostFlags()
 	for h, info := range p.plan.Handles {
 		s := step(OpDrop)
 		s.Handle, s.Why = Handle(h), p.whyf("done with %s", info.What)
@@ -125,6 +126,28 @@ func (p *planner) indexDevs() {
 	for _, ns := range p.in.Forest.Namespaces {
 		_ = ns.Walk(func(m *forest.Mount) error {
 			p.devMounts[m.Dev] = append(p.devMounts[m.Dev], m)
+			return nil
+		})
+	}
+}
+
+// lostFlags plans the flags CRIU could not restore on the mounts it made
+// (those CRIU's images cannot carry, known from mntv2's dump-side record:
+// nosymfollow).
+func (p *planner) lostFlags() {
+	for _, ns := range p.in.Forest.Namespaces {
+		_ = ns.Walk(func(m *forest.Mount) error {
+			if m.Flags&forest.ImageLossy == 0 {
+				return nil
+			}
+			if kept := p.in.Live.Kept; kept != nil {
+				if _, ok := kept[MountRef{m.NS.ID, m.ID}]; !ok {
+					return nil // made by complete, with its flags
+				}
+			}
+			s := step(OpSetFlags)
+			s.NS, s.Mount, s.Handle, s.Flags, s.Why = m.NS.ID, m.ID, p.h(m), m.Flags, p.whyf("per-mount flags %s, which CRIU's images lose", m.Flags)
+			p.add(s)
 			return nil
 		})
 	}

@@ -81,6 +81,12 @@ type Step struct {
 	Deleted bool   `json:"deleted,omitempty"`
 	Target  string `json:"target,omitempty"`
 
+	// InNS (new-superblock): made by NS's thread, once its other mounts
+	// are attached: an overlay's options name its layers by path, which
+	// are looked up inside the namespace being restored, never on the
+	// host.
+	InNS bool `json:"in_ns,omitempty"`
+
 	Why string `json:"why"`
 }
 

@@ -191,6 +191,8 @@ func (p *planner) createMounts() error {
 				p.bind(m, p.handle[src.from], relTo(m.Root, src.from.Root), "a bind of the restore root at "+m.Root)
 			case src.kind == fromExternal:
 				p.bind(m, p.handle[src.from], relTo(m.Root, src.from.Root), "a mount of an external superblock, bound from "+src.from.Mountpoint)
+			case src.kind == fromNew && m.FSType == "overlay":
+				// Made in its namespace after the rest (lateMounts).
 			case src.kind == fromNew:
 				fresh = append(fresh, m)
 			}
@@ -266,7 +268,7 @@ func (p *planner) newSuperblock(mounts []*forest.Mount) Handle {
 	src := p.newHandle(HandleInfo{What: fmt.Sprintf("new %s superblock %s", first.FSType, forest.DevString(dev))})
 	p.source[dev] = src
 	s := step(OpNewSuperblock)
-	s.Handle, s.FSType, s.Source, s.Options, s.Dev = src, first.FSType, first.Source, first.Options, dev
+	s.Handle, s.FSType, s.Source, s.Options, s.Dev = src, first.FSType, first.Source, fsOptions(first), dev
 	s.Why = fmt.Sprintf("superblock %s of %d mounts (first %s)", forest.DevString(dev), len(mounts), first.Mountpoint)
 	p.add(s)
 	if p.hasContent(first) {
@@ -354,18 +356,76 @@ func contains(dir, p string) bool {
 // the parent's own root, never through another mount.
 func (p *planner) assemble() {
 	for _, ns := range p.in.Forest.Namespaces {
-		for _, m := range attachOrder(ns)[1:] {
-			s := step(OpAttach)
-			s.NS, s.Mount, s.Handle, s.Parent = ns.ID, m.ID, p.handle[m], p.handle[m.Parent]
-			s.Path = relTo(m.Mountpoint, m.Parent.Mountpoint)
-			s.Persistent = m.Parent.IsRoot() || m.Parent.External != ""
-			s.Why = "mount " + m.Describe()
-			if s.Path == "" {
-				s.Why += ", stacked on mount " + u32(m.Parent.ID)
-			}
-			p.add(s)
+		early, late := lateMounts(attachOrder(ns)[1:], func(m *forest.Mount) bool { return p.src[m].kind == fromNew })
+		for _, m := range early {
+			p.attachStep(m)
+		}
+		for _, m := range late {
+			p.overlay(m, nil)
+			p.attachStep(m)
 		}
 	}
+}
+
+func (p *planner) attachStep(m *forest.Mount) {
+	s := step(OpAttach)
+	s.NS, s.Mount, s.Handle, s.Parent = m.NS.ID, m.ID, p.handle[m], p.h(m.Parent)
+	s.Path = relTo(m.Mountpoint, m.Parent.Mountpoint)
+	s.Persistent = m.Parent.IsRoot() || m.Parent.External != ""
+	if p.in.Live != nil {
+		// Mountpoints made in a restored mount of the restore root or of
+		// the host outlive an aborted restore: they are removed again.
+		_, kept := p.in.Live.Kept[MountRef{m.Parent.NS.ID, m.Parent.ID}]
+		s.Persistent = kept && p.persistent(m.Parent)
+	}
+	s.Why = p.whyf("mount %s", m.Describe())
+	if s.Path == "" && p.in.Live == nil {
+		s.Why += ", stacked on mount " + u32(m.Parent.ID)
+	}
+	p.add(s)
+}
+
+// lateMounts splits mounts (in attach order) into those attached first and
+// the overlays that new(m) says are made fresh, with what is mounted on
+// them, attached after: an overlay's layers are looked up by path inside
+// its namespace, so they must be there first. Overlays keep their attach
+// order among themselves.
+func lateMounts(order []*forest.Mount, fresh func(*forest.Mount) bool) (early, late []*forest.Mount) {
+	isLate := map[*forest.Mount]bool{}
+	for _, m := range order {
+		if m.FSType == "overlay" && fresh(m) || m.Parent != nil && isLate[m.Parent] {
+			isLate[m] = true
+			late = append(late, m)
+		} else {
+			early = append(early, m)
+		}
+	}
+	return early, late
+}
+
+// overlay plans a fresh overlay mount m, if it is one not made yet: its
+// superblock, made by its namespace's thread, and a bind of it. by lists
+// the mounts of each superblock (the first overlay mount of a superblock
+// makes it).
+func (p *planner) overlay(m *forest.Mount, by map[uint32][]*forest.Mount) {
+	if m.FSType != "overlay" || p.src[m].kind != fromNew {
+		return
+	}
+	if _, made := p.handle[m]; made {
+		return
+	}
+	src, ok := p.source[m.Dev]
+	if !ok {
+		mounts := by[m.Dev]
+		if len(mounts) == 0 {
+			mounts = []*forest.Mount{m}
+		}
+		src = p.newSuperblock(mounts)
+		s := &p.plan.Steps[len(p.plan.Steps)-1]
+		s.NS, s.InNS = m.NS.ID, true
+		s.Why += ", made inside the namespace: its layers are paths there"
+	}
+	p.bind(m, src, rel(m.Root), "a private bind of root "+m.Root)
 }
 
 // attachOrder lists a namespace's mounts, its root first, in the order
@@ -390,6 +450,12 @@ func attachOrder(ns *forest.Namespace) []*forest.Mount {
 // helpers, and the pins.
 func (p *planner) finish() {
 	p.unbindable()
+	// The restore root's mount gets its flags as CRIU gives them
+	// (criu/mount-v2.c do_mount_root_v2): a read-only root stays so.
+	r := p.rootMnt
+	s := step(OpSetFlags)
+	s.NS, s.Mount, s.Handle, s.Flags, s.Why = r.NS.ID, r.ID, p.handle[r], r.Flags, "per-mount flags of the root "+r.Flags.String()
+	p.add(s)
 	p.eachCreated(func(m *forest.Mount) {
 		// New mounts and binds of them are rw,relatime; external clones
 		// and binds of host filesystems carry the host mount's flags, so

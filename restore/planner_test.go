@@ -627,3 +627,20 @@ func TestPlanDeletedRoots(t *testing.T) {
 		}
 	}
 }
+
+// A named cgroup v1 hierarchy without controllers shows as name=X in
+// mountinfo and is made with none; everything else keeps its options.
+func TestFSOptions(t *testing.T) {
+	for _, c := range []struct{ fs, in, want string }{
+		{"cgroup", "name=systemd", "none,name=systemd"},
+		{"cgroup", "xattr,name=systemd", "none,xattr,name=systemd"},
+		{"cgroup", "cpu,name=x", "cpu,name=x"},
+		{"cgroup", "none,name=x", "none,name=x"},
+		{"cgroup", "memory", "memory"},
+		{"tmpfs", "size=10k,name=x", "size=10k,name=x"},
+	} {
+		if got := fsOptions(&forest.Mount{FSType: c.fs, Options: c.in}); got != c.want {
+			t.Errorf("%s %q: %q, want %q", c.fs, c.in, got, c.want)
+		}
+	}
+}

@@ -16,14 +16,15 @@ import (
 // task, so in its pid, net, ipc and cgroup namespaces (proc, sysfs, mqueue,
 // cgroup), with state only CRIU restores (devpts's ptys bound elsewhere,
 // binfmt_misc's entries, autofs's pipe), or that are the kernel's own
-// (devtmpfs) or a daemon's (fuse). overlay is CRIU's too: its options name
-// its layers by path.
+// (devtmpfs) or a daemon's (fuse). An overlay is not: CRIU resolves its
+// layers' paths on the host, before the layers exist (a container's own
+// overlay fails there); mntv2 makes it inside the namespace, after them.
 var keptFS = map[string]string{
 	"proc": "proc is mounted in the restored pid namespace", "sysfs": "sysfs is mounted in the restored network namespace",
 	"mqueue": "mqueue is mounted in the restored ipc namespace", "cgroup": "cgroup is mounted in the restored cgroup namespace",
 	"cgroup2": "cgroup2 is mounted in the restored cgroup namespace", "devpts": "CRIU makes the ptys of devpts",
 	"binfmt_misc": "CRIU registers binfmt_misc's entries", "autofs": "autofs needs the pipe CRIU restores",
-	"devtmpfs": "devtmpfs is the kernel's", "fuse": "fuse is a daemon's", "overlay": "overlay's options name its layers by path",
+	"devtmpfs": "devtmpfs is the kernel's", "fuse": "fuse is a daemon's",
 }
 
 // Reduction is the set of mounts CRIU restores itself, with the reason

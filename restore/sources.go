@@ -118,6 +118,9 @@ func (p *planner) sourceOf(m *forest.Mount) (source, string) {
 		return source{}, fmt.Sprintf("a mount of the restore root's filesystem, but its root %q is outside the root mount's %q, and no external mount of that superblock contains it", m.Root, r.Root)
 	}
 	fs := m.FSType
+	if fs == "devpts" && isPty(m.Root) {
+		return source{}, fmt.Sprintf("a bind of pty %s of a devpts instance: a pty exists only while its master is open, and the master is the restored tasks' terminal, which CRIU makes with them (criu/tty.c pty_create_ptmx_index): restore it with CRIU and the mntv2 hook", strings.TrimPrefix(m.Root, "/"))
+	}
 	if _, ok := FreshFS[fs]; ok || fs != "" && m.FSCode == autoCode {
 		return source{kind: fromNew}, ""
 	}
@@ -130,6 +133,20 @@ func (p *planner) sourceOf(m *forest.Mount) (source, string) {
 	}
 	return source{}, fmt.Sprintf("%s on superblock %s: CRIU makes such a mount only as a bind of the restore root or of an external mount of the same superblock, and neither contains its root %q; mntv2 creates new instances only of %s (dump it as external, --external mnt[%s]:KEY, and restore with --ext-mount-map KEY:HOSTPATH)",
 		name, forest.DevString(m.Dev), m.Root, freshList(), m.Mountpoint)
+}
+
+// isPty says whether a devpts root is a pty (/N), not the root or ptmx.
+func isPty(root string) bool {
+	n := strings.TrimPrefix(root, "/")
+	if n == "" || n == root {
+		return false
+	}
+	for _, c := range n {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // autoCode is CRIU's FSTYPE__AUTO: a filesystem named in fsname, mounted
@@ -166,4 +183,28 @@ func rootNamespace(in Input) *forest.Namespace {
 		return ns
 	}
 	return in.Forest.Namespaces[0]
+}
+
+// cgroupV1Controllers are the controllers a cgroup v1 hierarchy can have.
+var cgroupV1Controllers = map[string]bool{
+	"cpuset": true, "cpu": true, "cpuacct": true, "blkio": true, "memory": true, "devices": true,
+	"freezer": true, "net_cls": true, "perf_event": true, "net_prio": true, "hugetlb": true,
+	"pids": true, "rdma": true, "misc": true, "debug": true,
+}
+
+// fsOptions are the options a new instance of m's filesystem is made with:
+// its superblock options as dumped, but for a named cgroup v1 hierarchy
+// without controllers, which mountinfo shows as "name=X" and must be made
+// with "none" too (without it the kernel takes every controller, and says
+// EBUSY: they are in other hierarchies; CRIU 4.2 fails there).
+func fsOptions(m *forest.Mount) string {
+	if m.FSType != "cgroup" || !strings.Contains(m.Options, "name=") {
+		return m.Options
+	}
+	for _, o := range strings.Split(m.Options, ",") {
+		if cgroupV1Controllers[o] || o == "none" {
+			return m.Options
+		}
+	}
+	return "none," + m.Options
 }

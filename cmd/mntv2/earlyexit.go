@@ -18,7 +18,8 @@ __attribute__((constructor)) static void mntv2_unused_action(int argc, char **ar
 	(void)envp;
 	if (argc != 1 || action == NULL || *action == '\0')
 		return;
-	if (strcmp(action, "pre-restore") == 0 || strcmp(action, "post-restore") == 0)
+	if (strcmp(action, "pre-restore") == 0 || strcmp(action, "post-restore") == 0 ||
+	    strcmp(action, "post-dump") == 0)
 		return;
 	_exit(0);
 }

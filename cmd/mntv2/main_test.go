@@ -324,13 +324,13 @@ func TestShowFormats(t *testing.T) {
 // starts, for an action it does nothing at (a C constructor), and still
 // acts at pre-restore and post-restore (here they fail: no images).
 func TestHookUnusedActions(t *testing.T) {
-	for _, action := range []string{"pre-dump", "post-dump", "network-lock", "network-unlock", "setup-namespaces", "post-setup-namespaces", "pre-resume", "post-resume"} {
+	for _, action := range []string{"pre-dump", "network-lock", "network-unlock", "setup-namespaces", "post-setup-namespaces", "pre-resume", "post-resume"} {
 		out, errs, code := mntv2Env(t, []string{"CRTOOLS_SCRIPT_ACTION=" + action, "CRTOOLS_IMAGE_DIR=/nonexistent"})
 		if code != 0 || out != "" || errs != "" {
 			t.Errorf("%s: exit %d, stdout %q, stderr %q", action, code, out, errs)
 		}
 	}
-	for _, action := range []string{"pre-restore", "post-restore"} {
+	for _, action := range []string{"pre-restore", "post-restore", "post-dump"} {
 		_, errs, code := mntv2Env(t, []string{"CRTOOLS_SCRIPT_ACTION=" + action, "CRTOOLS_IMAGE_DIR=/nonexistent"})
 		if code == 0 || !strings.Contains(errs, "/nonexistent") {
 			t.Errorf("%s: exit %d, stderr %q: want a failure naming the images directory", action, code, errs)
