@@ -46,7 +46,8 @@ e2e-runc: build
 	CRIU=$(CRIU) hack/e2e-runc.sh
 
 # Random trees (hack/randtree) restored several ways and compared
-# (hack/diff-runner.sh): the CI set of 50 seeds, or SEEDS seeds from
+# (hack/diff-runner.sh): the CI set of 50 seeds and the failures kept in
+# hack/randtree/regressions, or SEEDS seeds from
 # SEED_START (a number or "random") for a soak: make soak SEEDS=200
 SEEDS      ?= 200
 SEED_START ?= 1

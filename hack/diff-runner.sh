@@ -7,14 +7,17 @@
 # with the host's /bin /lib /usr /etc binds, proc, a tmpfs /dev and /tmp),
 # captures every namespace (mntv2 show --tree PID --canonical), checkpoints
 # it with criu dump (--ext-mount-map auto --enable-external-sharing
-# --enable-external-masters), then restores it five ways:
+# --enable-external-masters), then restores it seven ways:
 #   criu/v2        CRIU alone, mount-v2
 #   criu/compat    CRIU alone, --mntns-compat-mode
 #   mntv2          mntv2 restore standalone (--root: the container's root,
 #                  the same directory CRIU restores onto; captured with
 #                  show --pin-dir, released after)
-#   hook/v2        CRIU + mntv2 (--action-script), mount-v2
-#   hook/compat    CRIU + mntv2 (--action-script), --mntns-compat-mode
+#   hook/v2        CRIU + mntv2 (--action-script; reduce and complete, the
+#                  default), mount-v2
+#   hook/compat    the same, --mntns-compat-mode
+#   strip/v2, strip/compat: CRIU + mntv2 with MNTV2_REDUCE=0 (strip and
+#                  reapply)
 # Each result is identical, wrong(N) (N lines of the capture differ), fails
 # or hangs, compared with the capture before the dump. A mntv2 mode is
 # "worse than CRIU" when it is not identical where CRIU alone in the same
@@ -37,12 +40,13 @@
 # are ever killed.
 #
 # usage: hack/diff-runner.sh [SEED|SCENARIO_DIR...]
-#   no seeds: the CI set (seeds 1..50); SEEDS=N: N seeds from SEED_START;
+#   no seeds: the CI set (seeds 1..50 and hack/randtree/regressions/*, the
+#   failures kept as scenarios); SEEDS=N: N seeds from SEED_START;
 #   a directory with a scenario.sh (and maybe host.sh, as testdata/e2e/*)
 #   runs that scenario instead of a generated one
 # env:   CRIU (default: criu on PATH), MNTV2 (default: bin/mntv2),
-#        DIFF_MODES (default: all five: criu-v2 criu-compat mntv2 hook-v2
-#        hook-compat; empty: build and dump only),
+#        DIFF_MODES (default: all seven, criu-v2 criu-compat mntv2 hook-v2
+#        hook-compat strip-v2 strip-compat; empty: build and dump only),
 #        SEEDS, SEED_START (default 1; "random" picks one and prints it),
 #        DIFF_OUT (default bin/diff-runner.txt), DIFF_KEEP=1 keeps every
 #        seed's work directory, MAX_MOUNTS (randtree -max-mounts, default 40),
@@ -77,7 +81,7 @@ if [ $# -eq 0 ]; then
 		fi
 		set -- $(seq "$start" $((start + SEEDS - 1)))
 	else
-		set -- $(seq 1 50)
+		set -- $(seq 1 50) "$here"/randtree/regressions/*/
 	fi
 fi
 
@@ -91,11 +95,27 @@ mkdir -p "$(dirname "$DIFF_OUT")"
 # The container or restored tree running now: ended whatever way this
 # script ends.
 live=
-trap '[ -z "$live" ] || kill_tree "$live"' EXIT
+trap '[ -z "$live" ] || end_tree "$live"' EXIT
 
 (cd "$top" && go build -o "$scratch/randtree" ./hack/randtree)
 
 out() { printf '%s\n' "$*" | tee -a "$DIFF_OUT"; }
+
+# end_tree PID: kill_tree of lib/ct.sh, but done as soon as the tree's root
+# is dead: a zombie has left its namespaces (exit_task_namespaces runs
+# before a task becomes a zombie); the host's init reaps it later. Waiting
+# for the reap took 1.5 s a tree here, most of a seed's time.
+end_tree() {
+	local pid=$1 stat state
+	[ -n "$pid" ] || return 0
+	kill -9 "$pid" 2>/dev/null || true
+	for _ in $(seq 500); do
+		stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 0
+		state=${stat##*) }
+		case ${state%% *} in '' | Z | X) return 0 ;; esac
+		sleep 0.01
+	done
+}
 
 # descendants PID: every process below PID.
 descendants() {
@@ -204,14 +224,16 @@ criu_restore() {
 	local args=(restore -d -D "$w/img" -W "$w/work" --root "$w/root" --ext-mount-map auto
 		--pidfile "$w/work/pid" -o "restore-$mode-$with.log" -v4)
 	[ "$mode" = compat ] && args+=(--mntns-compat-mode)
-	[ "$with" = hook ] && args+=(--action-script "$MNTV2")
+	[ "$with" = alone ] || args+=(--action-script "$MNTV2")
+	local reduce=1
+	[ "$with" != strip ] || reduce=0
 	rm -f "$w/work/pid"
 	local log=$w/work/mntv2-$mode-$with.log rc=0
 	# On a hang, what mntv2 would say of the images as pre-restore left them.
 	local on_timeout=
 	# shellcheck disable=SC2016
 	[ "$with" = alone ] || on_timeout='"$MNTV2" show --images "$w/img" >/dev/null 2>"$w/work/images-at-timeout-$mode.txt" || true'
-	MNTV2_LOG=$log bounded "$CRIU" "${args[@]}" >/dev/null 2>&1 || rc=$?
+	MNTV2_REDUCE=$reduce MNTV2_LOG=$log bounded "$CRIU" "${args[@]}" >/dev/null 2>&1 || rc=$?
 	if [ "$rc" != 0 ]; then
 		cell=fails
 		why=
@@ -237,7 +259,7 @@ criu_restore() {
 	"$MNTV2" show --tree "$rpid" --canonical >"$w/after-$mode-$with.txt" 2>&1 || true
 	compare "$w/after-$mode-$with.txt"
 	"$MNTV2" verify --images "$w/img" --tree "$rpid" >"$w/verify-$mode-$with.txt" 2>&1 || true
-	kill_tree "$rpid"
+	end_tree "$rpid"
 	live=
 }
 
@@ -258,15 +280,15 @@ standalone() {
 	"$MNTV2" release --pin-dir "$pins" >>"$w/work/mntv2-restore.log" 2>&1 || cell="$cell,release-fails"
 }
 
-all_modes=(criu-v2 criu-compat mntv2 hook-v2 hook-compat)
+all_modes=(criu-v2 criu-compat mntv2 hook-v2 hook-compat strip-v2 strip-compat)
 read -r -a modes <<<"${DIFF_MODES-${all_modes[*]}}"
 declare -A count=()
 worse=0 better=0 broken=0 dumpfails=0 seeds=0 total_secs=0 opfails=0
 declare -a kept=() worse_list=() broken_list=() opseeds=()
 
-fmt='%-6s %-6s %-3s %-4s %-14s %-14s %-14s %-14s %-14s %5s %s'
+fmt='%-6s %-6s %-3s %-4s %-14s %-14s %-14s %-14s %-14s %-14s %-14s %5s %s'
 # shellcheck disable=SC2059
-out "$(printf "$fmt" seed mounts ns ops criu/v2 criu/compat mntv2 hook/v2 hook/compat secs note)"
+out "$(printf "$fmt" seed mounts ns ops criu/v2 criu/compat mntv2 hook/v2 hook/compat strip/v2 strip/compat secs note)"
 for seed in "$@"; do
 	t0=$(date +%s.%N)
 	seeds=$((seeds + 1))
@@ -301,7 +323,7 @@ for seed in "$@"; do
 			--enable-external-sharing --enable-external-masters >/dev/null 2>&1; then
 			note="criu dump fails: $(firsterr "$w/work/dump.log" | cut -c1-160)"
 			dumpfails=$((dumpfails + 1))
-			kill_tree "$ct"
+			end_tree "$ct"
 			live=
 		else
 			live=
@@ -315,6 +337,8 @@ for seed in "$@"; do
 				mntv2) standalone ;;
 				hook-v2) criu_restore v2 hook ;;
 				hook-compat) criu_restore compat hook ;;
+				strip-v2) criu_restore v2 strip ;;
+				strip-compat) criu_restore compat strip ;;
 				esac
 				if [ "$(digest "$w/img")" != "$sum" ]; then
 					cell="$cell,images-changed"
@@ -327,7 +351,7 @@ for seed in "$@"; do
 			done
 			# Worse or better than CRIU alone.
 			w_here=()
-			for pair in hook-v2:criu-v2 hook-compat:criu-compat; do
+			for pair in hook-v2:criu-v2 hook-compat:criu-compat strip-v2:criu-v2 strip-compat:criu-compat; do
 				m=${pair%%:*} c=${pair#*:}
 				if [ -z "${cells[$m]:-}" ] || [ -z "${cells[$c]:-}" ]; then continue; fi
 				if [ "${cells[$c]}" = identical ] && [ "${cells[$m]}" != identical ]; then
@@ -370,9 +394,10 @@ for seed in "$@"; do
 	total_secs=$(awk -v a="$total_secs" -v b="$secs" 'BEGIN { print a + b }')
 	# shellcheck disable=SC2059
 	out "$(printf "$fmt" "$seed" "$mounts" "$nns" "$bad" "${cells[criu-v2]:--}" "${cells[criu-compat]:--}" "${cells[mntv2]:--}" \
-		"${cells[hook-v2]:--}" "${cells[hook-compat]:--}" "$(printf '%.1f' "$secs")" "$note")"
+		"${cells[hook-v2]:--}" "${cells[hook-compat]:--}" "${cells[strip-v2]:--}" "${cells[strip-compat]:--}" \
+		"$(printf '%.1f' "$secs")" "$note")"
 	keep=${DIFF_KEEP:-}
-	for m in mntv2 hook-v2 hook-compat; do
+	for m in mntv2 hook-v2 hook-compat strip-v2 strip-compat; do
 		[ "${cells[$m]:-identical}" = identical ] || keep=1
 	done
 	[ -z "$note" ] || keep=1
@@ -388,11 +413,11 @@ done
 out ""
 out "seeds: $seeds, not dumped by CRIU: $dumpfails, could not run: $broken${broken_list[*]:+ (${broken_list[*]})}"
 out "scenario operations that failed (the generator's model was wrong; the scenario ran without them): $opfails${opseeds[*]:+ (seeds ${opseeds[*]})}"
-for m in "${all_modes[@]}"; do
+for m in "${modes[@]}"; do
 	line=$(printf '%-12s identical %3d  wrong %3d  fails %3d  hangs %3d' "$m" "${count[$m-identical]:-0}" "${count[$m-wrong]:-0}" \
 		"${count[$m-fails]:-0}" "${count[$m-hangs]:-0}")
 	case $m in
-	mntv2 | hook-*) line="$line  worse than CRIU $(printf '%3d' "${count[$m-worse]:-0}")  better $(printf '%3d' "${count[$m-better]:-0}")" ;;
+	mntv2 | hook-* | strip-*) line="$line  worse than CRIU $(printf '%3d' "${count[$m-worse]:-0}")  better $(printf '%3d' "${count[$m-better]:-0}")" ;;
 	esac
 	out "$line"
 done

@@ -396,10 +396,7 @@ func onoff(b bool, on, off string) string {
 }
 
 func (g *gen) opRemount(ns *nspace, s *script) bool {
-	var ls []loc
-	for _, l := range g.mountpoints(ns, false) {
-		ls = append(ls, l)
-	}
+	ls := g.mountpoints(ns, false)
 	if len(ls) == 0 {
 		return false
 	}

@@ -77,13 +77,6 @@ func rel(d, root string) string {
 	return d[len(root)+1:]
 }
 
-func (m *mount) path() string {
-	if m.parent == nil {
-		return "/"
-	}
-	return path.Join(m.parent.path(), rel(m.mp, m.parent.root))
-}
-
 func (md *model) newFS(kind string) *fsys {
 	md.nextFS++
 	return &fsys{id: md.nextFS, kind: kind, dirs: map[string]bool{"/": true}, files: map[string]bool{}}
