@@ -47,7 +47,7 @@ e2e-runc: build
 
 # Random trees (hack/randtree) restored several ways and compared
 # (hack/diff-runner.sh): the CI set of 50 seeds and the failures kept in
-# hack/randtree/regressions, or SEEDS seeds from
+# testdata/e2e/*-random-*, or SEEDS seeds from
 # SEED_START (a number or "random") for a soak: make soak SEEDS=200
 SEEDS      ?= 200
 SEED_START ?= 1

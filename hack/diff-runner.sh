@@ -40,7 +40,7 @@
 # are ever killed.
 #
 # usage: hack/diff-runner.sh [SEED|SCENARIO_DIR...]
-#   no seeds: the CI set (seeds 1..50 and hack/randtree/regressions/*, the
+#   no seeds: the CI set (seeds 1..50 and testdata/e2e/*-random-*, the
 #   failures kept as scenarios); SEEDS=N: N seeds from SEED_START;
 #   a directory with a scenario.sh (and maybe host.sh, as testdata/e2e/*)
 #   runs that scenario instead of a generated one
@@ -81,7 +81,7 @@ if [ $# -eq 0 ]; then
 		fi
 		set -- $(seq "$start" $((start + SEEDS - 1)))
 	else
-		set -- $(seq 1 50) "$here"/randtree/regressions/*/
+		set -- $(seq 1 50) "$top"/testdata/e2e/*-random-*/
 	fi
 fi
 
