@@ -746,8 +746,13 @@ func (a *applier) bind(s Step) error {
 		fd, err := a.sysFd("open_tree", func() (int, error) {
 			return unix.OpenTree(from, s.Path, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_SYMLINK_NOFOLLOW)
 		})
+		if errors.Is(err, unix.ENOENT) && a.socketRoot(s) {
+			fd, err = a.sysFd("open_tree", func() (int, error) {
+				return unix.OpenTree(from, s.Path, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_SYMLINK_NOFOLLOW)
+			})
+		}
 		if err != nil {
-			return a.missingRoot(s, fmt.Errorf("%s inside %s: %w", s.Path, info.What, err))
+			return fmt.Errorf("%s inside %s: %w", s.Path, info.What, err)
 		}
 		a.fds[s.Handle] = fd
 		return nil
@@ -765,8 +770,11 @@ func (a *applier) bind(s Step) error {
 				defer unix.Close(bare)
 			}
 		}
+		if errors.Is(err, unix.ENOENT) && a.socketRoot(s) {
+			fd, err = openInside(from, s.Path, unix.O_PATH, 0)
+		}
 		if err != nil {
-			return a.missingRoot(s, sysErr("openat2", fmt.Errorf("%s inside %s: %w", s.Path, a.plan.Handles[s.From].What, err)))
+			return sysErr("openat2", fmt.Errorf("%s inside %s: %w", s.Path, a.plan.Handles[s.From].What, err))
 		}
 		defer unix.Close(fd)
 		from = fd
@@ -781,14 +789,34 @@ func (a *applier) bind(s Step) error {
 	return nil
 }
 
-// missingRoot says why a bind's root is missing from a tmpfs mntv2 filled
-// from its archive: CRIU's tar leaves out sockets (GNU tar: "socket
-// ignored"), which only the restored tasks make again.
-func (a *applier) missingRoot(s Step, err error) error {
-	if !errors.Is(err, unix.ENOENT) || a.fillFor(s.From) == nil {
-		return err
+// socketRoot makes, for a bind whose root is missing from a tmpfs mntv2
+// filled from its archive, a socket inode there and says so: GNU tar
+// archives every kind of file but sockets ("socket ignored"), so that is
+// what the root was (a docker.sock-style bind of a listening socket). It
+// is the socket inode as a listener that exits leaves it: the listener is
+// the restored tasks', made by whoever restores them. In the hook, CRIU
+// restores the listener first and mntv2 binds the real socket.
+func (a *applier) socketRoot(s Step) bool {
+	fl := a.fillFor(s.From)
+	if fl == nil || a.waitCreated(fl) != nil {
+		return false
 	}
-	return fmt.Errorf("%w: its root is not in the tmpfs content (a socket, which CRIU's tar leaves out and the restored tasks make again: restore it with CRIU and the mntv2 hook, which binds it once CRIU has)", err)
+	dir, name := path.Split(s.Path)
+	parent := a.fds[s.From]
+	if dir = strings.TrimSuffix(dir, "/"); dir != "" {
+		fd, err := openInside(parent, dir, unix.O_PATH|unix.O_DIRECTORY, 0)
+		if err != nil {
+			return false
+		}
+		defer unix.Close(fd)
+		parent = fd
+	}
+	if unix.Mknodat(parent, name, unix.S_IFSOCK|0o755, 0) != nil {
+		return false
+	}
+	a.opt.Log.Warn("restore: the root of a bind is not in its tmpfs content, so it was a socket (tar leaves sockets out): made a socket inode for it (its listener is the restored tasks')",
+		"mount", a.plan.Handles[s.Handle].What, "root", s.Path)
+	return true
 }
 
 // inBareClone opens path inside a clone of the mount from, without the
