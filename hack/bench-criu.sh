@@ -184,6 +184,30 @@ restore_once() {
 	end_tree "$pid"
 }
 
+# hook_actions WAY: restores once more with the hook (WAY reduce or
+# strip) and CRIU's log at -v4, and prints as JSON the seconds CRIU waited
+# for the pre-restore and post-restore actions: from its "Running ACTION
+# scripts" line to its next line (the restored tasks' lines apart, which
+# CRIU's log prefixes with their pid), and post-restore's own time (its
+# log line, which CRIU copies into its log).
+hook_actions() {
+	local way=$1 reduce=1 pid
+	[ "$way" = strip ] && reduce=0
+	rm -f "$pidf"
+	MNTV2_REDUCE=$reduce "$CRIU" "${common[@]}" -v4 -o restore-v4.log --action-script "$MNTV2" >/dev/null 2>"$w/err" ||
+		{ say "$name: criu restore -v4 ($way) failed: $(firsterr "$w/work/restore-v4.log" 2>/dev/null)"; return 1; }
+	pid=$(cat "$pidf") || return 1
+	end_tree "$pid" || return 1
+	awk '
+		/msg="mounts restored and verified"/ && match($0, / seconds=[0-9.]+/) { work = substr($0, RSTART + 9, RLENGTH - 9) + 0 }
+		!match($0, /^\([0-9]+\.[0-9]+\)/) { next }
+		{ ts = substr($0, 2, RLENGTH - 2) + 0 }
+		/^\([0-9.]+\) +[0-9]+: / { next }
+		pending != "" && $0 !~ /^\([0-9.]+\) \t\[/ { d[pending] = ts - start; pending = "" }
+		/ Running (pre|post)-restore scripts$/ { pending = $3; start = ts }
+		END { printf "{\"pre_restore_s\":%.6f,\"post_restore_s\":%.6f,\"post_restore_work_s\":%.6f}", d["pre-restore"], d["post-restore"], work }' "$w/work/restore-v4.log"
+}
+
 # measure NAME SHAPE N: builds and dumps the container, restores it;
 # prints its JSON row.
 measure() {
@@ -225,6 +249,11 @@ measure() {
 		"$MNTV2" release --pin-dir "$w/pins" >/dev/null 2>&1
 	done
 	local restored=$(($(us) - t0))
+	# One more run of each hook mode, untimed, with CRIU's log at -v4:
+	# how long CRIU waited for the hook's pre-restore and post-restore.
+	local acts_reduce acts_strip
+	acts_reduce=$(hook_actions reduce) || return 1
+	acts_strip=$(hook_actions strip) || return 1
 	# Post-restore's best run of each mode against the syscall floor of
 	# what it did, with these images.
 	local pr ps
@@ -233,8 +262,8 @@ measure() {
 	say "$name: best of $runs: CRIU $((best[criu] / 1000)) ms, CRIU + mntv2 reduce $((best[reduce] / 1000)) ms, strip $((best[strip] / 1000)) ms, mntv2 restore $((best[mntv2] / 1000)) ms (built in $((built / 1000000)) s, dumped in $((dumped / 1000000)) s, restored in $((restored / 1000000)) s)"
 	printf '{"name":"%s","shape":"%s","n":%d,"runs":%d,"criu_s":%s,"reduce_s":%s,"strip_s":%s,"mntv2_s":%s,' \
 		"$name" "$shape" "$n" "$runs" "$(secs "${best[criu]}")" "$(secs "${best[reduce]}")" "$(secs "${best[strip]}")" "$(secs "${best[mntv2]}")"
-	printf '"verify":{"criu":"%s","reduce":"%s","strip":"%s"},"build_s":%s,"dump_s":%s,"restores_s":%s,"post_reduce":%s,"post_strip":%s}' \
-		"${verdict[criu]}" "${verdict[reduce]}" "${verdict[strip]}" "$(secs "$built")" "$(secs "$dumped")" "$(secs "$restored")" "$pr" "$ps"
+	printf '"verify":{"criu":"%s","reduce":"%s","strip":"%s"},"build_s":%s,"dump_s":%s,"restores_s":%s,"post_reduce":%s,"post_strip":%s,"actions_reduce":%s,"actions_strip":%s}' \
+		"${verdict[criu]}" "${verdict[reduce]}" "${verdict[strip]}" "$(secs "$built")" "$(secs "$dumped")" "$(secs "$restored")" "$pr" "$ps" "$acts_reduce" "$acts_strip"
 	# This container is done: its root and images go.
 	unmount_below "$w"
 	rm -rf "$w"
