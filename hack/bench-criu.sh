@@ -173,6 +173,7 @@ restore_once() {
 	t1=$EPOCHREALTIME
 	took=$((10#${t1/./} - 10#${t0/./}))
 	pid=$(cat "$pidf") || { say "$name: criu restore ($way) left no pidfile"; return 1; }
+	live=$pid
 	if [ "$run" = 1 ]; then
 		if "$MNTV2" verify --images "$w/img" --tree "$pid" >"$w/verify-$way.txt" 2>&1; then
 			verdict[$way]=identical
@@ -181,11 +182,11 @@ restore_once() {
 			say "$name ($way): the restored mounts differ from the images: $(head -3 "$w/verify-$way.txt" | tr '\n' ' ')"
 		fi
 	fi
-	end_tree "$pid"
+	end_tree "$pid" && live=
 }
 
 # hook_actions WAY: restores once more with the hook (WAY reduce or
-# strip) and CRIU's log at -v4, and prints as JSON the seconds CRIU waited
+# strip) and CRIU's log at -v4, and sets acts to JSON: the seconds CRIU waited
 # for the pre-restore and post-restore actions: from its "Running ACTION
 # scripts" line to its next line (the restored tasks' lines apart, which
 # CRIU's log prefixes with their pid), and post-restore's own time (its
@@ -197,15 +198,17 @@ hook_actions() {
 	MNTV2_REDUCE=$reduce "$CRIU" "${common[@]}" -v4 -o restore-v4.log --action-script "$MNTV2" >/dev/null 2>"$w/err" ||
 		{ say "$name: criu restore -v4 ($way) failed: $(firsterr "$w/work/restore-v4.log" 2>/dev/null)"; return 1; }
 	pid=$(cat "$pidf") || return 1
+	live=$pid
 	end_tree "$pid" || return 1
-	awk '
+	live=
+	acts=$(awk '
 		/msg="mounts restored and verified"/ && match($0, / seconds=[0-9.]+/) { work = substr($0, RSTART + 9, RLENGTH - 9) + 0 }
 		!match($0, /^\([0-9]+\.[0-9]+\)/) { next }
 		{ ts = substr($0, 2, RLENGTH - 2) + 0 }
 		/^\([0-9.]+\) +[0-9]+: / { next }
 		pending != "" && $0 !~ /^\([0-9.]+\) \t\[/ { d[pending] = ts - start; pending = "" }
 		/ Running (pre|post)-restore scripts$/ { pending = $3; start = ts }
-		END { printf "{\"pre_restore_s\":%.6f,\"post_restore_s\":%.6f,\"post_restore_work_s\":%.6f}", d["pre-restore"], d["post-restore"], work }' "$w/work/restore-v4.log"
+		END { printf "{\"pre_restore_s\":%.6f,\"post_restore_s\":%.6f,\"post_restore_work_s\":%.6f}", d["pre-restore"], d["post-restore"], work }' "$w/work/restore-v4.log")
 }
 
 # measure NAME SHAPE N: builds and dumps the container, restores it;
@@ -217,7 +220,11 @@ measure() {
 	w=$scratch/$name
 	mkdir -p "$w/scen"
 	scenario "$shape" "$n" >"$w/scen/scenario.sh"
-	local t0 ct
+	local t0
+	# This runs in a subshell of its own: whatever it leaves running when
+	# it ends (a failure) is killed, the container or a restored tree.
+	ct='' live=''
+	trap '[ -z "$ct" ] || kill -9 "$ct" 2>/dev/null; [ -z "$live" ] || end_tree "$live"' EXIT
 	t0=$(us)
 	ct=$(CT_READY_SECONDS=600 start_ct "$w" "$w/scen") || { say "the $name container did not start"; return 1; }
 	if grep -q . "$w/root/scenario.log" 2>/dev/null; then
@@ -228,6 +235,7 @@ measure() {
 	t0=$(us)
 	"$CRIU" dump -t "$ct" -D "$w/img" -W "$w/work" -o dump.log --ext-mount-map auto >/dev/null 2>&1 ||
 		{ say "$name: dump failed: $(firsterr "$w/work/dump.log" 2>/dev/null)"; return 1; }
+	ct= # CRIU killed it
 	local dumped=$(($(us) - t0))
 	pidf=$w/work/pid
 	common=(restore -d -D "$w/img" -W "$w/work" --root "$w/root" --ext-mount-map auto --pidfile "$pidf" -o restore.log)
@@ -252,8 +260,10 @@ measure() {
 	# One more run of each hook mode, untimed, with CRIU's log at -v4:
 	# how long CRIU waited for the hook's pre-restore and post-restore.
 	local acts_reduce acts_strip
-	acts_reduce=$(hook_actions reduce) || return 1
-	acts_strip=$(hook_actions strip) || return 1
+	hook_actions reduce || return 1
+	acts_reduce=$acts
+	hook_actions strip || return 1
+	acts_strip=$acts
 	# Post-restore's best run of each mode against the syscall floor of
 	# what it did, with these images.
 	local pr ps
