@@ -43,14 +43,6 @@ type Row struct {
 	Error    string             `json:"error,omitempty"`
 }
 
-// CriuRow is one line of hack/bench-criu.sh's output.
-type CriuRow struct {
-	N          int     `json:"n"`
-	CriuS      float64 `json:"criu_s"`       // criu restore, mounts' share (baseline subtracted)
-	CriuMntv2S float64 `json:"criu_mntv2_s"` // criu restore with the mntv2 hook, mounts' share
-	Mntv2S     float64 `json:"mntv2_s"`      // mntv2 restore of the same images
-}
-
 const childEnv = "MNTV2_BENCH_CHILD"
 
 func main() {
@@ -64,7 +56,21 @@ func main() {
 	out := flag.String("out", "bench.json", "JSON output")
 	svg := flag.String("svg", "bench.svg", "SVG plot output")
 	criuJSON := flag.String("criu", "", "results of hack/bench-criu.sh to include")
+	noopExe := flag.String("noop", "", "mntv2 binary whose no-op hook action (network-lock) is timed against /bin/true")
+	noopRuns := flag.Int("noop-runs", 200, "runs of the no-op action (and of /bin/true)")
+	postImages := flag.String("post-floor", "", "images directory: print post-restore's best run of the report files given as arguments against the floor of its syscalls, as JSON (hack/bench-criu.sh)")
 	flag.Parse()
+	if *postImages != "" {
+		shortlived.Tune()
+		row, err := postFloor(*postImages, flag.Args())
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench: post-floor:", err)
+			os.Exit(1)
+		}
+		b, _ := json.Marshal(row)
+		fmt.Printf("%s\n", b)
+		return
+	}
 
 	var rows []Row
 	run := func(mode, shape string, n int) {
@@ -96,14 +102,29 @@ func main() {
 		run("hook", "peers", *hookSize)
 		run("hook", "mix", *hookSize)
 	}
-	var criu []CriuRow
+	var criu *CriuFile
 	if *criuJSON != "" {
-		if b, err := os.ReadFile(*criuJSON); err == nil {
-			_ = json.Unmarshal(b, &criu)
+		b, err := os.ReadFile(*criuJSON)
+		if err == nil {
+			criu = &CriuFile{}
+			err = json.Unmarshal(b, criu)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench: -criu:", err)
+			os.Exit(1)
+		}
+		criu.shares()
+	}
+	var nr *NoopRow
+	if *noopExe != "" {
+		var err error
+		if nr, err = noop(*noopExe, *noopRuns); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: no-op action:", err)
+			os.Exit(1)
 		}
 	}
-	report(os.Stdout, rows, criu)
-	b, _ := json.MarshalIndent(map[string]any{"rows": rows, "criu": criu}, "", "  ")
+	report(os.Stdout, rows, criu, nr)
+	b, _ := json.MarshalIndent(map[string]any{"rows": rows, "criu": criu, "noop": nr}, "", "  ")
 	if err := os.WriteFile(*out, b, 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -145,7 +166,7 @@ func runChild(mode, shape string, n int) Row {
 	return r
 }
 
-func report(w *os.File, rows []Row, criu []CriuRow) {
+func report(w *os.File, rows []Row, criu *CriuFile, noop *NoopRow) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "\nplanning, best of 3 (load = read the images; peak = the process's peak RSS)")
 	fmt.Fprintln(tw, "shape\tN\tmounts\tload ms\tplan ms\tpeak MB\tsteps\t")
@@ -180,13 +201,12 @@ func report(w *os.File, rows []Row, criu []CriuRow) {
 		}
 	}
 	tw.Flush()
-	if len(criu) > 0 {
-		fmt.Fprintln(w, "\nCRIU 4.2 (mounts' share of criu restore: a container with N peer binds, minus one with none)")
-		fmt.Fprintln(tw, "N\tCRIU ms\tCRIU+mntv2 ms\tmntv2 restore ms\tCRIU / mntv2\t")
-		for _, c := range criu {
-			fmt.Fprintf(tw, "%d\t%.1f\t%.1f\t%.1f\t%.1fx\t\n", c.N, c.CriuS*1e3, c.CriuMntv2S*1e3, c.Mntv2S*1e3, c.CriuS/c.Mntv2S)
-		}
-		tw.Flush()
+	if noop != nil {
+		fmt.Fprintf(w, "\nthe hook's no-op action (%s), %d runs alternated with /bin/true, fork to reaping: median %.2f ms (min %.2f, max %.2f); /bin/true %.2f ms\n",
+			noop.Action, noop.Runs, noop.MedianS*1e3, noop.MinS*1e3, noop.MaxS*1e3, noop.TrueS*1e3)
+	}
+	if criu != nil {
+		reportCriu(w, criu, noop)
 	}
 }
 
@@ -214,15 +234,17 @@ func slope(pts [][2]float64) float64 {
 }
 
 // plot draws restore time against N, log-log: mntv2 and the floor for the
-// peers shape, and CRIU where measured.
-func plot(rows []Row, criu []CriuRow) string {
+// peers shape, and where CRIU was measured, the mounts' share of a whole
+// criu restore of N peer binds (under /tmp solid, on the root dashed) the
+// three ways; beside it, the whole criu restore of each container.
+func plot(rows []Row, criu *CriuFile) string {
 	type series struct {
-		name, color string
-		pts         [][2]float64
+		name, color, dash string
+		pts               [][2]float64
 	}
 	var mnt, flo series
-	mnt = series{name: "mntv2 restore (peers)", color: "#1f77b4"}
-	flo = series{name: "syscall floor (peers)", color: "#2ca02c"}
+	mnt = series{name: "mntv2 restore (synthetic peers)", color: "#2ca02c"}
+	flo = series{name: "syscall floor (synthetic peers)", color: "#7f7f7f", dash: "4,3"}
 	for _, r := range rows {
 		if r.Mode == "restore" && r.Shape == "peers" && r.Error == "" {
 			mnt.pts = append(mnt.pts, [2]float64{float64(r.Mounts), r.RestoreS})
@@ -230,27 +252,45 @@ func plot(rows []Row, criu []CriuRow) string {
 		}
 	}
 	all := []series{mnt, flo}
-	if len(criu) > 0 {
-		c := series{name: "CRIU 4.2 alone", color: "#d62728"}
-		cm := series{name: "CRIU 4.2 + mntv2 hook", color: "#ff7f0e"}
-		for _, r := range criu {
-			c.pts = append(c.pts, [2]float64{float64(r.N), r.CriuS})
-			cm.pts = append(cm.pts, [2]float64{float64(r.N), r.CriuMntv2S})
+	const W, H, L, B, T, R = 640.0, 460.0, 70.0, 50.0, 30.0, 20.0
+	width := W
+	if criu != nil {
+		width = 2 * W
+		for _, shape := range []string{"tmp", "root"} {
+			dash := ""
+			if shape == "root" {
+				dash = "6,4"
+			}
+			c := series{name: "CRIU alone, binds on " + shape, color: "#d62728", dash: dash}
+			red := series{name: "CRIU + mntv2 (reduce), " + shape, color: "#1f77b4", dash: dash}
+			str := series{name: "CRIU + mntv2 (strip), " + shape, color: "#ff7f0e", dash: dash}
+			for _, r := range criu.Rows {
+				if r.Shape == shape && r.Share != nil {
+					c.pts = append(c.pts, [2]float64{float64(r.N), r.Share.CriuS})
+					red.pts = append(red.pts, [2]float64{float64(r.N), r.Share.ReduceS})
+					str.pts = append(str.pts, [2]float64{float64(r.N), r.Share.StripS})
+				}
+			}
+			if len(c.pts) > 0 {
+				all = append(all, c, red, str)
+			}
 		}
-		all = append(all, c, cm)
 	}
-	const W, H, L, B, T, R = 640.0, 420.0, 70.0, 50.0, 30.0, 20.0
-	x0, x1, y0, y1 := math.Log10(500), math.Log10(20000), math.Log10(1e-3), math.Log10(10)
+	x0, x1, y0, y1 := math.Log10(500), math.Log10(20000), math.Log10(1e-3), math.Log10(100)
 	px := func(n float64) float64 { return L + (math.Log10(n)-x0)/(x1-x0)*(W-L-R) }
 	py := func(s float64) float64 { return H - B - (math.Log10(math.Max(s, 1e-4))-y0)/(y1-y0)*(H-B-T) }
 	var b strings.Builder
-	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" font-family="sans-serif" font-size="12">`+"\n", W, H)
-	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/><text x="%.0f" y="18" font-size="14">restore time against mounts (log-log)</text>`+"\n", L)
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" font-family="sans-serif" font-size="12">`+"\n", width, H)
+	title := "restore time against mounts (log-log)"
+	if criu != nil {
+		title = "restore time against mounts (log-log); CRIU: the mounts' share"
+	}
+	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/><text x="%.0f" y="18" font-size="14">%s</text>`+"\n", L, title)
 	for _, n := range []float64{1000, 2000, 5000, 10000} {
 		fmt.Fprintf(&b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#ddd"/><text x="%.1f" y="%.1f" text-anchor="middle">%.0f</text>`+"\n",
 			px(n), T, px(n), H-B, px(n), H-B+16, n)
 	}
-	for _, s := range []float64{1e-3, 1e-2, 1e-1, 1, 10} {
+	for _, s := range []float64{1e-3, 1e-2, 1e-1, 1, 10, 100} {
 		fmt.Fprintf(&b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#ddd"/><text x="%.1f" y="%.1f" text-anchor="end">%gs</text>`+"\n",
 			L, py(s), W-R, py(s), L-6, py(s)+4, s)
 	}
@@ -261,9 +301,16 @@ func plot(rows []Row, criu []CriuRow) string {
 			pts = append(pts, fmt.Sprintf("%.1f,%.1f", px(p[0]), py(p[1])))
 			fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="3" fill="%s"/>`+"\n", px(p[0]), py(p[1]), s.color)
 		}
-		fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>`+"\n", s.color, strings.Join(pts, " "))
-		fmt.Fprintf(&b, `<rect x="%.0f" y="%.0f" width="12" height="12" fill="%s"/><text x="%.0f" y="%.0f">%s</text>`+"\n",
-			L+10, T+8+float64(i)*18, s.color, L+28, T+18+float64(i)*18, s.name)
+		dash := ""
+		if s.dash != "" {
+			dash = fmt.Sprintf(` stroke-dasharray="%s"`, s.dash)
+		}
+		fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="2"%s points="%s"/>`+"\n", s.color, dash, strings.Join(pts, " "))
+		fmt.Fprintf(&b, `<line x1="%.0f" y1="%.0f" x2="%.0f" y2="%.0f" stroke="%s" stroke-width="3"%s/><text x="%.0f" y="%.0f">%s</text>`+"\n",
+			L+8, T+14+float64(i)*16, L+26, T+14+float64(i)*16, s.color, dash, L+32, T+18+float64(i)*16, s.name)
+	}
+	if criu != nil {
+		plotCriu(&b, criu, W, W, H)
 	}
 	b.WriteString("</svg>\n")
 	return b.String()
