@@ -199,6 +199,11 @@ func ParseMountpoints(data []byte, name string, lim images.Limits) ([]Mount, err
 	if err != nil {
 		return nil, err
 	}
+	return FromImage(img)
+}
+
+// FromImage is the mounts of a parsed mountpoints image, in its order.
+func FromImage(img *images.Image) ([]Mount, error) {
 	entries, err := img.Mounts()
 	if err != nil {
 		return nil, err

@@ -263,15 +263,44 @@ func (img *Image) FSInfo() (FSInfo, error) {
 // makes mounts unbindable last, as it does the sharing). Records that carry
 // none of it keep their original bytes.
 func (img *Image) StripSharing() (*Image, int, error) {
-	out := &Image{File: img.File, Type: img.Type, Records: make([][]byte, len(img.Records))}
+	return img.stripped(nil)
+}
+
+// stripped is StripSharing of the records whose mount keep holds (all when
+// keep is nil); the others are left out.
+func (img *Image) stripped(keep map[uint32]bool) (*Image, int, error) {
+	return img.strippedRecords(nil, keep)
+}
+
+// KeepRecords is KeepMounts by record: it keeps record i when keep[i]
+// (the i-th of Mounts), decoding only those.
+func (img *Image) KeepRecords(keep []bool) (*Image, int, error) {
+	if len(keep) != len(img.Records) {
+		return nil, 0, fmt.Errorf("%s: %d records, %d to keep or drop", img.File, len(img.Records), len(keep))
+	}
+	out, _, err := img.strippedRecords(keep, nil)
+	if err != nil {
+		return nil, 0, err
+	}
+	return out, len(img.Records) - len(out.Records), nil
+}
+
+func (img *Image) strippedRecords(keepIdx []bool, keep map[uint32]bool) (*Image, int, error) {
+	out := &Image{File: img.File, Type: img.Type, Records: make([][]byte, 0, len(img.Records))}
 	changed := 0
+	var e mnt.MntEntry
 	for i, rec := range img.Records {
-		var e mnt.MntEntry
+		if keepIdx != nil && !keepIdx[i] {
+			continue
+		}
 		if err := decodeRecord(img, i, &e); err != nil {
 			return nil, 0, err
 		}
+		if keep != nil && !keep[e.GetMntId()] {
+			continue
+		}
 		if e.GetSharedId() == 0 && e.GetMasterId() == 0 && e.GetFlags()&(msShared|msSlave|msUnbindable) == 0 {
-			out.Records[i] = rec
+			out.Records = append(out.Records, rec)
 			continue
 		}
 		// Keep the fields present, as CRIU writes them, but zero.
@@ -286,7 +315,7 @@ func (img *Image) StripSharing() (*Image, int, error) {
 		if err != nil {
 			return nil, 0, fmt.Errorf("encode %s record %d: %w", img.File, i, err)
 		}
-		out.Records[i] = b
+		out.Records = append(out.Records, b)
 		changed++
 	}
 	return out, changed, nil
@@ -297,19 +326,12 @@ func (img *Image) StripSharing() (*Image, int, error) {
 // left to restore when mntv2 makes the rest. It returns the number of
 // records dropped.
 func (img *Image) KeepMounts(keep map[uint32]bool) (*Image, int, error) {
-	stripped, _, err := img.StripSharing()
+	if keep == nil {
+		keep = map[uint32]bool{}
+	}
+	out, _, err := img.stripped(keep)
 	if err != nil {
 		return nil, 0, err
-	}
-	out := &Image{File: img.File, Type: img.Type}
-	var e mnt.MntEntry
-	for i, rec := range stripped.Records {
-		if err := decodeRecord(stripped, i, &e); err != nil {
-			return nil, 0, err
-		}
-		if keep[e.GetMntId()] {
-			out.Records = append(out.Records, rec)
-		}
 	}
 	return out, len(img.Records) - len(out.Records), nil
 }
