@@ -167,6 +167,20 @@ const (
 func Apply(plan *Plan, opt Options) (res *Result, err error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	a := newApplier(plan, opt)
+	defer func() {
+		if err != nil {
+			a.rollback()
+		}
+		a.release()
+	}()
+	if err := a.prepare(); err != nil {
+		return nil, err
+	}
+	return a.run(nil, &Result{Helpers: plan.Helpers})
+}
+
+func newApplier(plan *Plan, opt Options) *applier {
 	if opt.Log == nil {
 		opt.Log = slog.Default()
 	}
@@ -181,22 +195,23 @@ func Apply(plan *Plan, opt Options) (res *Result, err error) {
 		a.fds[i] = -1
 	}
 	a.indexHandles()
-	defer func() {
-		if err != nil {
-			a.rollback()
-		}
-		a.release()
-	}()
-	if err := a.prepare(); err != nil {
-		return nil, err
-	}
-	res = &Result{Helpers: plan.Helpers}
+	return a
+}
+
+// run runs the plan's steps but those done holds (see StartEarly), then
+// checks, and says what the restore made in res.
+func (a *applier) run(done []bool, res *Result) (*Result, error) {
+	plan := a.plan
 	// Steps run in batches: a run of consecutive steps on the same thread
 	// (this one, or a namespace's worker) is handed over once.
 	for i := 0; i < len(plan.Steps); {
+		if done != nil && done[i] {
+			i++
+			continue
+		}
 		j := i
 		where := a.executor(plan.Steps[i])
-		for j < len(plan.Steps) && a.executor(plan.Steps[j]) == where {
+		for j < len(plan.Steps) && a.executor(plan.Steps[j]) == where && (done == nil || !done[j]) {
 			j++
 		}
 		if err := a.runBatch(where, i, j, res); err != nil {
@@ -207,9 +222,9 @@ func Apply(plan *Plan, opt Options) (res *Result, err error) {
 	if err := a.waitFills(); err != nil {
 		return nil, err
 	}
-	if opt.Check != nil {
+	if a.opt.Check != nil {
 		// Still able to roll back what this restore made.
-		if err := opt.Check(); err != nil {
+		if err := a.opt.Check(); err != nil {
 			return nil, err
 		}
 	}
@@ -219,10 +234,10 @@ func Apply(plan *Plan, opt Options) (res *Result, err error) {
 	res.Syscalls = a.calls
 	for _, id := range plan.Namespaces {
 		nr := NamespaceResult{ID: id}
-		if opt.Live == nil {
-			nr.Pin = filepath.Join(opt.PinDir, PinName(id))
+		if a.opt.Live == nil {
+			nr.Pin = filepath.Join(a.opt.PinDir, PinName(id))
 		}
-		if opt.MountIDs {
+		if a.opt.MountIDs {
 			nr.Mounts = map[uint32]uint64{}
 		}
 		for h, info := range plan.Handles {
@@ -231,7 +246,7 @@ func Apply(plan *Plan, opt Options) (res *Result, err error) {
 			}
 			nr.Count++
 			var stx unix.Statx_t
-			if opt.MountIDs && unix.Statx(a.fds[h], "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &stx) == nil {
+			if a.opt.MountIDs && unix.Statx(a.fds[h], "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &stx) == nil {
 				nr.Mounts[info.Mount] = stx.Mnt_id
 			}
 		}
@@ -245,12 +260,9 @@ func (a *applier) prepare() error {
 	fail := func(what string, err error) error {
 		return &StepError{Index: -1, Step: step("prepare"), What: what, Err: err}
 	}
-	fd, err := unix.Open("/proc/thread-self/ns/mnt", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fail("this mount namespace", sysErr("open", err))
+	if err := a.prepareBase(); err != nil {
+		return fail("this mount namespace", err)
 	}
-	a.baseNS = fd
-	growFdTable(fd, len(a.plan.Handles)+len(a.plan.Namespaces)+fdSlack)
 	if a.opt.Live != nil {
 		if err := a.startLive(); err != nil {
 			return fail("restored namespaces", err)
@@ -285,6 +297,18 @@ func (a *applier) prepare() error {
 		}
 		a.workers[id] = w
 	}
+	return nil
+}
+
+// prepareBase opens the base namespace (this thread's) and grows the fd
+// table.
+func (a *applier) prepareBase() error {
+	fd, err := unix.Open("/proc/thread-self/ns/mnt", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return sysErr("open", err)
+	}
+	a.baseNS = fd
+	growFdTable(fd, len(a.plan.Handles)+len(a.plan.Namespaces)+fdSlack)
 	return nil
 }
 

@@ -30,6 +30,9 @@ type LiveOptions struct {
 	HostLenient bool
 	// FailSyscall: see Options.FailSyscall (tests only).
 	FailSyscall int
+	// Stop, when closed, stops the restore before its next step and rolls
+	// back what it made (see Options.Stop).
+	Stop <-chan struct{}
 	// Judge, when set, decides from what Verify found whether the
 	// restore stands; its error rolls back what ApplyLive made. It is
 	// given which mounts ApplyLive made.
@@ -58,6 +61,10 @@ type LiveResult struct {
 	// Made are the mounts ApplyLive made (reduce mode): a difference of
 	// their tree or flags is mntv2's, not CRIU's.
 	Made map[MountRef]bool `json:"-"`
+	// EarlySteps ran before the restored namespaces existed (PrepareLive),
+	// in EarlySeconds.
+	EarlySteps   int     `json:"early_steps,omitempty"`
+	EarlySeconds float64 `json:"early_seconds,omitempty"`
 }
 
 // ApplyLive finishes the restored namespaces at nsPaths (image namespace
@@ -67,73 +74,158 @@ type LiveResult struct {
 // against the images. It runs in the restorer's mount namespace, whose
 // mounts are the host side of external sharing.
 func ApplyLive(input []forest.NamespaceMounts, nsPaths map[uint32]string, opt LiveOptions) (*LiveResult, error) {
-	start := time.Now()
-	log := opt.Log
-	if log == nil {
-		log = slog.Default()
-	}
-	// The restored namespaces are read first, each on a thread of its own
-	// (the kernel takes about 1.3 us a mount to write mountinfo): the
-	// images' trees are built and the plan made meanwhile.
-	ids := make([]uint32, len(input))
-	for i := range input {
-		ids[i] = input[i].ID
-	}
-	trees := make([]*forest.Forest, len(ids))
-	errs := make([]error, len(ids))
-	var wg sync.WaitGroup
-	for i, id := range ids {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			trees[i], errs[i] = readLive(nsPaths[id], id)
-		}()
-	}
-	defer wg.Wait() // no reader outlives this call, whatever fails
-	original, err := forest.BuildImages(input)
+	p, err := prepareLive(input, nsPaths, opt, false)
 	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+	return p.Finish(nsPaths)
+}
+
+// PreparedLive is ApplyLive made ready before the restored namespaces
+// exist: the images' trees and, unless external sharing needs the restored
+// trees to find its host side, the plan, whose steps that need no restored
+// namespace have run (StartEarly). Finish it, or Close it.
+type PreparedLive struct {
+	opt                LiveOptions
+	log                *slog.Logger
+	start              time.Time
+	planned            time.Duration
+	ids                []uint32
+	original, restored *forest.Forest
+	in                 Input
+	liveIn             *LiveInput
+	plan               *Plan
+	early              *Early
+	trees              []*forest.Forest
+	errs               []error
+	readers            sync.WaitGroup
+	grown              chan struct{}
+	reading            bool
+	EarlySteps         int
+	EarlySeconds       float64
+}
+
+// PrepareLive prepares ApplyLive of input (see PreparedLive).
+func PrepareLive(input []forest.NamespaceMounts, opt LiveOptions) (*PreparedLive, error) {
+	return prepareLive(input, nil, opt, true)
+}
+
+func prepareLive(input []forest.NamespaceMounts, nsPaths map[uint32]string, opt LiveOptions, early bool) (*PreparedLive, error) {
+	p := &PreparedLive{opt: opt, log: opt.Log, start: time.Now(), grown: make(chan struct{})}
+	if p.log == nil {
+		p.log = slog.Default()
+	}
+	p.ids = make([]uint32, len(input))
+	for i := range input {
+		p.ids[i] = input[i].ID
+	}
+	if nsPaths != nil {
+		// The restored namespaces are read first, each on a thread of
+		// its own (the kernel takes about 1.3 us a mount to write
+		// mountinfo): the images' trees are built and the plan made
+		// meanwhile.
+		p.read(nsPaths)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			p.Close()
+		}
+	}()
+	var err error
+	if p.original, err = forest.BuildImages(input); err != nil {
+		close(p.grown)
 		return nil, fmt.Errorf("images: %w", err)
 	}
-	// Grow the fd table (an RCU grace period) while reading the trees; its
-	// passing fd is closed before this returns.
-	grown := make(chan struct{})
-	go func() { GrowFdTable(FdsFor(original)); close(grown) }()
-	defer func() { <-grown }()
-	full, restored, helperSet, err := liveForests(input, original, opt)
+	// Grow the fd table (an RCU grace period) meanwhile; its passing fd
+	// is closed before Finish returns.
+	go func() { GrowFdTable(FdsFor(p.original)); close(p.grown) }()
+	full, restored, helperSet, err := liveForests(input, p.original, opt)
 	if err != nil {
 		return nil, err
 	}
-	host, err := hostMounts()
-	if err != nil {
-		return nil, err
-	}
-	liveIn := &LiveInput{Helpers: helperSet, Kept: opt.Kept}
-	in := Input{Forest: full, Live: liveIn, RootNS: opt.RootNS, HostLenient: opt.HostLenient, Auto: true}
+	p.restored = restored
+	p.liveIn = &LiveInput{Helpers: helperSet, Kept: opt.Kept}
+	p.in = Input{Forest: full, Live: p.liveIn, RootNS: opt.RootNS, HostLenient: opt.HostLenient, Auto: true}
 	if opt.Kept != nil && opt.Images != nil {
-		if in.TmpfsContent, err = tmpfsContent(opt.Images); err != nil {
+		if p.in.TmpfsContent, err = tmpfsContent(opt.Images); err != nil {
 			return nil, err
 		}
 	}
 	// The plan needs the restored trees only to find the host's side of
-	// external sharing; otherwise it is made while they are read.
-	var plan *Plan
+	// external sharing; otherwise it is made now.
 	if !NeedsHost(full) {
-		if plan, err = NewLivePlan(in); err != nil {
+		if p.plan, err = NewLivePlan(p.in); err != nil {
 			return nil, err
 		}
+		if early {
+			if p.early, err = StartEarly(p.plan, Options{Log: p.log, FailSyscall: opt.FailSyscall, Images: opt.Images}); err != nil {
+				return nil, err
+			}
+			p.EarlySteps, p.EarlySeconds = p.early.Steps(), p.early.Seconds
+		}
 	}
-	planDone := time.Now()
-	wg.Wait()
-	byID := make(map[uint32]int, len(ids))
-	for i, id := range ids {
-		if errs[i] != nil {
-			return nil, errs[i]
+	p.planned = time.Since(p.start)
+	ok = true
+	return p, nil
+}
+
+// SetLog makes Finish log to l, and stop as LiveOptions.Stop says when
+// stop is closed.
+func (p *PreparedLive) SetLog(l *slog.Logger, stop <-chan struct{}) {
+	p.log, p.opt.Log, p.opt.Stop = l, l, stop
+	if p.early != nil && p.early.a != nil {
+		p.early.a.opt.Log = l
+	}
+}
+
+// read starts reading the restored namespaces.
+func (p *PreparedLive) read(nsPaths map[uint32]string) {
+	p.reading = true
+	p.trees = make([]*forest.Forest, len(p.ids))
+	p.errs = make([]error, len(p.ids))
+	for i, id := range p.ids {
+		p.readers.Add(1)
+		go func() {
+			defer p.readers.Done()
+			p.trees[i], p.errs[i] = readLive(nsPaths[id], id)
+		}()
+	}
+}
+
+// Close releases what Finish did not: the early steps' mounts, readers.
+func (p *PreparedLive) Close() {
+	p.readers.Wait()
+	if p.early != nil {
+		p.early.Close()
+		p.early = nil
+	}
+	if p.grown != nil {
+		<-p.grown
+		p.grown = nil
+	}
+}
+
+// Finish is the rest of ApplyLive, in the restored namespaces at nsPaths.
+func (p *PreparedLive) Finish(nsPaths map[uint32]string) (*LiveResult, error) {
+	defer p.Close()
+	opt, log := p.opt, p.log
+	if !p.reading {
+		p.start = time.Now()
+		p.read(nsPaths)
+	}
+	p.readers.Wait()
+	byID := make(map[uint32]int, len(p.ids))
+	for i, id := range p.ids {
+		if p.errs[i] != nil {
+			return nil, p.errs[i]
 		}
 		byID[id] = i
 	}
 	live := map[uint32]*LiveNamespace{}
-	for _, ns := range restored.Namespaces {
-		lns := trees[byID[ns.ID]].Namespaces[0]
+	for _, ns := range p.restored.Namespaces {
+		lns := p.trees[byID[ns.ID]].Namespaces[0]
 		m := forest.Match(ns, lns)
 		var bad []string
 		for _, e := range m.Missing {
@@ -151,9 +243,14 @@ func ApplyLive(input []forest.NamespaceMounts, nsPaths map[uint32]string, opt Li
 		}
 		live[ns.ID] = ln
 	}
+	plan := p.plan
 	if plan == nil {
-		liveIn.HostPaths, liveIn.NoHost, liveIn.HostPeers = HostPaths(full, opt.RootNS, live, host)
-		if plan, err = NewLivePlan(in); err != nil {
+		host, err := hostMounts()
+		if err != nil {
+			return nil, err
+		}
+		p.liveIn.HostPaths, p.liveIn.NoHost, p.liveIn.HostPeers = HostPaths(p.in.Forest, opt.RootNS, live, host)
+		if plan, err = NewLivePlan(p.in); err != nil {
 			return nil, err
 		}
 	}
@@ -161,8 +258,9 @@ func ApplyLive(input []forest.NamespaceMounts, nsPaths map[uint32]string, opt Li
 		log.Warn("post-restore: " + w)
 	}
 	readDone := time.Now()
+	original := p.original
 	out := &LiveResult{Namespaces: len(live), Mounts: original.Len(), Steps: len(plan.Steps), Helpers: plan.Helpers,
-		Warnings: plan.Warnings, Made: map[MountRef]bool{}}
+		Warnings: plan.Warnings, Made: map[MountRef]bool{}, EarlySteps: p.EarlySteps, EarlySeconds: p.EarlySeconds}
 	if opt.Kept != nil {
 		for _, ns := range original.Namespaces {
 			for _, m := range ns.Mounts {
@@ -186,12 +284,20 @@ func ApplyLive(input []forest.NamespaceMounts, nsPaths map[uint32]string, opt Li
 		}
 		return err
 	}
-	res, err := Apply(plan, Options{Live: live, Log: log, FailSyscall: opt.FailSyscall, Images: opt.Images, Check: check})
+	var res *Result
+	var err error
+	if p.early != nil {
+		early := p.early
+		p.early = nil
+		res, err = early.Finish(live, check, opt.Stop)
+	} else {
+		res, err = Apply(plan, Options{Live: live, Log: log, FailSyscall: opt.FailSyscall, Images: opt.Images, Check: check, Stop: opt.Stop})
+	}
 	if res != nil {
 		out.Result = *res
 	}
 	if !vstart.IsZero() {
-		out.ReadSeconds, out.PlanSeconds, out.ApplySeconds = readDone.Sub(start).Seconds(), planDone.Sub(start).Seconds(), vstart.Sub(readDone).Seconds()
+		out.ReadSeconds, out.PlanSeconds, out.ApplySeconds = readDone.Sub(p.start).Seconds(), p.planned.Seconds(), vstart.Sub(readDone).Seconds()
 	}
 	if err != nil {
 		var se *StepError
