@@ -23,6 +23,7 @@
 #        BENCH_CRIU_BIG_RUNS  runs of containers of 5000 binds and more (default 3)
 #        BENCH_CRIU_SHAPES    containers to measure besides base (default "tmp root mixed open")
 #        MNTV2, MNTV2_BENCH   the binaries (default bin/mntv2, bin/mntv2-bench; built when missing)
+#        BENCH_CRIU_KEEP      a directory: each container's images are copied to DIR/NAME (to profile with)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
@@ -195,8 +196,8 @@ hook_actions() {
 	local way=$1 reduce=1 pid
 	[ "$way" = strip ] && reduce=0
 	rm -f "$pidf"
-	MNTV2_REDUCE=$reduce "$CRIU" "${common[@]}" -v4 -o restore-v4.log --action-script "$MNTV2" >/dev/null 2>"$w/err" ||
-		{ say "$name: criu restore -v4 ($way) failed: $(firsterr "$w/work/restore-v4.log" 2>/dev/null)"; return 1; }
+	MNTV2_REDUCE=$reduce "$CRIU" "${common[@]}" -v4 -o restore-v4-$way.log --action-script "$MNTV2" >/dev/null 2>"$w/err" ||
+		{ say "$name: criu restore -v4 ($way) failed: $(firsterr "$w/work/restore-v4-$way.log" 2>/dev/null)"; return 1; }
 	pid=$(cat "$pidf") || return 1
 	live=$pid
 	end_tree "$pid" || return 1
@@ -208,7 +209,7 @@ hook_actions() {
 		/^\([0-9.]+\) +[0-9]+: / { next }
 		pending != "" && $0 !~ /^\([0-9.]+\) \t\[/ { d[pending] = ts - start; pending = "" }
 		/ Running (pre|post)-restore scripts$/ { pending = $3; start = ts }
-		END { printf "{\"pre_restore_s\":%.6f,\"post_restore_s\":%.6f,\"post_restore_work_s\":%.6f}", d["pre-restore"], d["post-restore"], work }' "$w/work/restore-v4.log")
+		END { printf "{\"pre_restore_s\":%.6f,\"post_restore_s\":%.6f,\"post_restore_work_s\":%.6f}", d["pre-restore"], d["post-restore"], work }' "$w/work/restore-v4-$way.log")
 }
 
 # measure NAME SHAPE N: builds and dumps the container, restores it;
@@ -275,6 +276,9 @@ measure() {
 	printf '"verify":{"criu":"%s","reduce":"%s","strip":"%s"},"build_s":%s,"dump_s":%s,"restores_s":%s,"post_reduce":%s,"post_strip":%s,"actions_reduce":%s,"actions_strip":%s}' \
 		"${verdict[criu]}" "${verdict[reduce]}" "${verdict[strip]}" "$(secs "$built")" "$(secs "$dumped")" "$(secs "$restored")" "$pr" "$ps" "$acts_reduce" "$acts_strip"
 	# This container is done: its root and images go.
+	if [ -n "${BENCH_CRIU_KEEP:-}" ]; then
+		mkdir -p "$BENCH_CRIU_KEEP" && rm -rf "${BENCH_CRIU_KEEP:?}/$name" && cp -a "$w/img" "$BENCH_CRIU_KEEP/$name" && cp "$w"/rep-*.json "$w"/work/restore-v4*.log "$BENCH_CRIU_KEEP/$name/" 2>/dev/null || true
+	fi
 	unmount_below "$w"
 	rm -rf "$w"
 }

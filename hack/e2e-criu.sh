@@ -230,6 +230,11 @@ if [ -d "$f01/img" ]; then
 		grep -q "is gone: not finishing" "$log" 2>/dev/null && break
 		sleep 0.5
 	done
+	# The watcher (the resident hook) puts the originals back after that.
+	for _ in $(seq 100); do
+		[ -e "$f01/img/mntv2-manifest.json" ] || break
+		sleep 0.05
+	done
 	left=$(tasks_in "$f01/root")
 	if grep -q "paused before post-restore" "$log" && grep -q "is gone: not finishing" "$log" && [ -z "$left" ] &&
 		[ "$(digest "$f01/img")" = "$sum" ]; then

@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -23,6 +24,9 @@ type Config struct {
 	// Strip keeps every mount CRIU's to restore (strip and reapply), as
 	// before reduce and complete: MNTV2_REDUCE=0.
 	Strip bool
+	// Stop, when closed, stops post-restore before its next mount step
+	// and rolls back what it made (CRIU or its action script died).
+	Stop <-chan struct{}
 }
 
 // Report says what post-restore did.
@@ -39,25 +43,107 @@ type Report struct {
 // the mounts CRIU was not given (reduce mode), applies the sharing of
 // every restored mount namespace and verifies it.
 func PostRestore(d *images.Dir, root int, cfg Config) (*Report, error) {
+	return postRestore(d, root, cfg, nil)
+}
+
+// rewritten is what pre-restore knows that post-restore needs: the
+// manifest and the original mounts (the images hold the rewritten ones
+// until post-restore puts the originals back).
+type rewritten struct {
+	man   *Manifest
+	input []forest.NamespaceMounts
+	// live is the completion made ready while CRIU restores the tasks
+	// (restore.PrepareLive); judged with cfg and log, post-restore's.
+	live *restore.PreparedLive
+	cfg  Config
+	log  *slog.Logger
+}
+
+// prepare makes the completion ready (see rewritten.live); a failure only
+// leaves it to post-restore, which meets it again and says so.
+func (pre *rewritten) prepare(d *images.Dir, cfg Config, log *slog.Logger) {
+	if pre.man == nil {
+		return
+	}
+	opt, err := liveOptions(d, cfg, log, pre.man, func(diffs []forest.Difference, made map[restore.MountRef]bool) error {
+		return judge(diffs, made, pre.cfg, pre.log)
+	})
+	if err == nil {
+		pre.live, err = restore.PrepareLive(pre.input, opt)
+	}
+	if err != nil {
+		log.Debug("resident hook: the completion is not made ready ahead", "err", err)
+		return
+	}
+	log.Debug("resident hook: completion ready", "early_steps", pre.live.EarlySteps, "seconds", pre.live.EarlySeconds)
+}
+
+// liveOptions are restore.ApplyLive's options for a rewrite man of d.
+func liveOptions(d *images.Dir, cfg Config, log *slog.Logger, man *Manifest, judge func([]forest.Difference, map[restore.MountRef]bool) error) (restore.LiveOptions, error) {
+	rootNS, _, err := d.RootMountNamespace()
+	if err != nil {
+		return restore.LiveOptions{}, err
+	}
+	return restore.LiveOptions{Log: log, RootNS: rootNS, Helpers: man.Helpers, Kept: man.KeptSet(), Images: d,
+		HostLenient: cfg.Lenient, FailSyscall: cfg.FailSyscall, Judge: judge, Stop: cfg.Stop}, nil
+}
+
+// postRestore is PostRestore; with pre (a pre-restore that stayed alive
+// to serve post-restore), the original images are put back while the
+// mounts are made, not before.
+func postRestore(d *images.Dir, root int, cfg Config, pre *rewritten) (*Report, error) {
 	start := time.Now()
 	log := cfg.Log
 	if log == nil {
 		log = slog.Default()
 	}
-	man, merr := ReadManifest(d)
-	if _, err := Recover(d); err != nil {
-		return nil, fmt.Errorf("put the original images back: %w", err)
+	var (
+		man     *Manifest
+		input   []forest.NamespaceMounts
+		recover = make(chan error, 1)
+	)
+	if pre != nil {
+		man, input = pre.man, pre.input
+		go func() { _, err := Recover(d); recover <- err }()
+	} else {
+		var merr error
+		man, merr = ReadManifest(d)
+		if _, err := Recover(d); err != nil {
+			return nil, fmt.Errorf("put the original images back: %w", err)
+		}
+		if merr != nil {
+			return nil, merr
+		}
+		var err error
+		if input, err = forest.ImageNamespaces(d); err != nil {
+			return nil, err
+		}
+		recover <- nil
 	}
-	if merr != nil {
-		return nil, merr
+	var live *restore.PreparedLive
+	if pre != nil {
+		live, pre.cfg, pre.log = pre.live, cfg, log
+		pre.live = nil
+		if live != nil {
+			live.SetLog(log, cfg.Stop)
+		}
 	}
-	input, err := forest.ImageNamespaces(d)
-	if err != nil {
-		return nil, err
+	rep, err := completeRestore(d, root, cfg, log, man, input, live)
+	if rerr := <-recover; rerr != nil {
+		return rep, errors.Join(err, fmt.Errorf("put the original images back: %w", rerr))
 	}
-	rootNS, _, err := d.RootMountNamespace()
-	if err != nil {
-		return nil, err
+	if err == nil {
+		rep.Seconds = time.Since(start).Seconds()
+		log.Info("mounts restored and verified", "mode", rep.Mode, "namespaces", rep.Namespaces, "mounts", rep.Mounts,
+			"made", rep.Created, "steps", rep.Steps, "helpers", rep.Helpers, "syscalls", rep.Result.Syscalls, "seconds", rep.Seconds)
+	}
+	return rep, err
+}
+
+// completeRestore makes what CRIU was not given and verifies the result.
+func completeRestore(d *images.Dir, root int, cfg Config, log *slog.Logger, man *Manifest, input []forest.NamespaceMounts, live *restore.PreparedLive) (*Report, error) {
+	if live != nil {
+		defer live.Close()
 	}
 	nsPaths, err := RestoredNamespaces(d, root)
 	if err != nil {
@@ -80,8 +166,15 @@ func PostRestore(d *images.Dir, root int, cfg Config) (*Report, error) {
 		judgeLive := func(diffs []forest.Difference, made map[restore.MountRef]bool) error {
 			return judge(diffs, made, cfg, log)
 		}
-		res, err := restore.ApplyLive(input, nsPaths, restore.LiveOptions{Log: log, RootNS: rootNS, Helpers: man.Helpers,
-			Kept: man.KeptSet(), Images: d, HostLenient: cfg.Lenient, FailSyscall: cfg.FailSyscall, Judge: judgeLive})
+		var res *restore.LiveResult
+		if live != nil {
+			res, err = live.Finish(nsPaths)
+		} else {
+			var opt restore.LiveOptions
+			if opt, err = liveOptions(d, cfg, log, man, judgeLive); err == nil {
+				res, err = restore.ApplyLive(input, nsPaths, opt)
+			}
+		}
 		if res != nil {
 			rep.LiveResult = *res
 		}
@@ -91,11 +184,6 @@ func PostRestore(d *images.Dir, root int, cfg Config) (*Report, error) {
 	}
 	if man == nil {
 		err = judge(rep.Differences, nil, cfg, log)
-	}
-	rep.Seconds = time.Since(start).Seconds()
-	if err == nil {
-		log.Info("mounts restored and verified", "mode", rep.Mode, "namespaces", rep.Namespaces, "mounts", rep.Mounts,
-			"made", rep.Created, "steps", rep.Steps, "helpers", rep.Helpers, "syscalls", rep.Result.Syscalls, "seconds", rep.Seconds)
 	}
 	return rep, err
 }

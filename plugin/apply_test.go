@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -39,6 +40,23 @@ func restoreReduced(t *testing.T, fixture string) ([]forest.NamespaceMounts, map
 		t.Fatalf("%s: Reduce leaves every mount to CRIU", fixture)
 	}
 	return restoreAs(t, fixture, red.Kept)
+}
+
+// reducedInput is what restoreReduced restores from, without restoring.
+func reducedInput(t *testing.T, fixture string) ([]forest.NamespaceMounts, *images.Dir, map[restore.MountRef]string) {
+	t.Helper()
+	d := openDir(t, filepath.Join(fixtures, fixture, "images"))
+	f, err := forest.FromImages(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootNS, _, _ := d.RootMountNamespace()
+	red := restore.Reduce(f, rootNS, nil, nil)
+	input, err := forest.ImageNamespaces(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return input, d, red.Kept
 }
 
 func restoreAs(t *testing.T, fixture string, kept map[restore.MountRef]string) ([]forest.NamespaceMounts, map[uint32]string, map[restore.MountRef]string) {
@@ -145,21 +163,81 @@ func TestApplyLiveReduced(t *testing.T) {
 	}
 	for _, fixture := range []string{"01-seed-reverse-order", "02-peers-no-common-root", "03-slaves-of-subdirs",
 		"04-content-ro-file-unbindable", "05-overmounts", "06-nested-mntns-peers", "07-propagation-storm"} {
-		t.Run(fixture, func(t *testing.T) {
-			input, paths, kept := restoreReduced(t, fixture)
-			d := openDir(t, filepath.Join(fixtures, fixture, "images"))
-			rep, err := restore.ApplyLive(input, paths, restore.LiveOptions{Kept: kept, Images: d})
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, diff := range rep.Differences {
-				t.Error(diff)
-			}
-			if rep.Created == 0 || rep.Created+len(kept) != rep.Mounts {
-				t.Errorf("made %d mounts, %d kept, of %d", rep.Created, len(kept), rep.Mounts)
-			}
-		})
+		// Ahead: prepared before the restored namespaces exist, as the
+		// resident hook does while CRIU restores the tasks.
+		for _, ahead := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/ahead=%v", fixture, ahead), func(t *testing.T) {
+				d := openDir(t, filepath.Join(fixtures, fixture, "images"))
+				var (
+					p   *restore.PreparedLive
+					err error
+				)
+				if ahead {
+					// The images only: nothing restored yet.
+					input, _, kept := reducedInput(t, fixture)
+					if p, err = restore.PrepareLive(input, restore.LiveOptions{Kept: kept, Images: d}); err != nil {
+						t.Fatal(err)
+					}
+					defer p.Close()
+					if p.EarlySteps == 0 {
+						t.Error("no step ran ahead")
+					}
+				}
+				input, paths, kept := restoreReduced(t, fixture)
+				var rep *restore.LiveResult
+				if ahead {
+					rep, err = p.Finish(paths)
+				} else {
+					rep, err = restore.ApplyLive(input, paths, restore.LiveOptions{Kept: kept, Images: d})
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, diff := range rep.Differences {
+					t.Error(diff)
+				}
+				if rep.Created == 0 || rep.Created+len(kept) != rep.Mounts {
+					t.Errorf("made %d mounts, %d kept, of %d", rep.Created, len(kept), rep.Mounts)
+				}
+			})
+		}
 	}
+}
+
+// A completion prepared ahead and never finished (CRIU died) leaves
+// nothing: no fd, no mount in this namespace.
+func TestPrepareLiveClose(t *testing.T) {
+	if !testns.Isolate(t) {
+		return
+	}
+	input, d, kept := reducedInput(t, "04-content-ro-file-unbindable")
+	fds := testns.OpenFDs(t)
+	before := mountinfoLines(t)
+	p, err := restore.PrepareLive(input, restore.LiveOptions{Kept: kept, Images: d})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.EarlySteps == 0 {
+		t.Fatal("no step ran ahead")
+	}
+	p.Close()
+	if got := testns.OpenFDs(t); got != fds {
+		t.Errorf("%d fds open, %d before", got, fds)
+	}
+	if got := mountinfoLines(t); got != before {
+		t.Errorf("mounts changed:\n%s\nwas\n%s", got, before)
+	}
+}
+
+// mountinfoLines is this thread's mountinfo without mount ids' recycling
+// noise: the lines as they are.
+func mountinfoLines(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/thread-self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 // Any failing syscall of post-restore gives an error naming the step, and

@@ -142,57 +142,89 @@ func Hook(getenv func(string) string, s Settings, log *slog.Logger) error {
 		return PreRestore(d, os.Getppid(), s)
 	default:
 		criu := os.Getppid()
-		if pause := pauseAt(os.Getenv("MNTV2_TEST_PAUSE"), log); pause != nil {
-			_ = pause("post-restore")
-		}
-		if now := os.Getppid(); now != criu {
-			// CRIU died while this ran (its watcher puts the images
-			// back): the restore is over, and its tasks are not to be
-			// touched.
-			return fmt.Errorf("post-restore: CRIU (pid %d) is gone: not finishing its restore", criu)
-		}
-		pid, err := strconv.Atoi(getenv(EnvInitPID))
-		if err != nil || pid <= 0 {
-			return fmt.Errorf("post-restore: %s=%q is not a pid", EnvInitPID, getenv(EnvInitPID))
-		}
-		rep, err := PostRestore(d, pid, s.Config)
-		if s.ReportFile != "" {
-			writeReport(s.ReportFile, rep, err, log)
-		}
-		if err != nil {
-			return fmt.Errorf("post-restore: %w", err)
-		}
-		return nil
+		return postRestoreAction(d, getenv, s, log, func() bool { return os.Getppid() != criu }, criu, nil)
 	}
+}
+
+// postRestoreAction is the post-restore action: gone says whether CRIU
+// (pid criu) has died since it ran the action; pre, when set, is what a
+// resident pre-restore kept.
+func postRestoreAction(d *images.Dir, getenv func(string) string, s Settings, log *slog.Logger, gone func() bool, criu int, pre *rewritten) error {
+	if pause := pauseAt(getenv("MNTV2_TEST_PAUSE"), log, s.Stop); pause != nil {
+		_ = pause("post-restore")
+	}
+	if gone() {
+		// CRIU died while this ran (its watcher puts the images back):
+		// the restore is over, and its tasks are not to be touched.
+		return fmt.Errorf("post-restore: CRIU (pid %d) is gone: not finishing its restore", criu)
+	}
+	pid, err := strconv.Atoi(getenv(EnvInitPID))
+	if err != nil || pid <= 0 {
+		return fmt.Errorf("post-restore: %s=%q is not a pid", EnvInitPID, getenv(EnvInitPID))
+	}
+	rep, err := postRestore(d, pid, s.Config, pre)
+	if err != nil && gone() {
+		err = fmt.Errorf("CRIU (pid %d) is gone: not finishing its restore (rolled back: %w)", criu, err)
+	}
+	if s.ReportFile != "" {
+		writeReport(s.ReportFile, rep, err, log)
+	}
+	if err != nil {
+		return fmt.Errorf("post-restore: %w", err)
+	}
+	return nil
 }
 
 // PreRestore rewrites the images for the CRIU process owner and starts a
 // watcher that puts the originals back if owner exits before post-restore.
 func PreRestore(d *images.Dir, owner int, s Settings) error {
-	log := s.Log
-	if log == nil {
-		log = slog.Default()
-	}
 	// The watcher first: from the first byte rewritten on, the originals
 	// come back if CRIU (or this hook) dies.
 	token := NewToken()
 	if err := StartWatcher(d, owner, token, s.LogFile); err != nil {
 		return fmt.Errorf("pre-restore: start the watcher that keeps the images safe: %w", err)
 	}
-	opt := RewriteOptions{Mode: ModeReduce, Fail: pauseAt(os.Getenv("MNTV2_TEST_PAUSE"), log), Reason: new(string)}
+	_, err := preRestore(d, owner, token, os.Getenv, s)
+	return err
+}
+
+// preRestore rewrites the images under token (a watcher already guards
+// them) and returns what post-restore needs of them.
+func preRestore(d *images.Dir, owner int, token string, getenv func(string) string, s Settings) (*rewritten, error) {
+	log := s.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	pre := &rewritten{}
+	opt := RewriteOptions{Mode: ModeReduce, Fail: pauseAt(getenv("MNTV2_TEST_PAUSE"), log, s.Stop), Reason: new(string), Originals: &pre.input}
+	if s.Stop != nil {
+		pause := opt.Fail
+		opt.Fail = func(step string) error {
+			if pause != nil {
+				_ = pause(step)
+			}
+			select {
+			case <-s.Stop:
+				return errStopped
+			default:
+				return nil
+			}
+		}
+	}
 	if s.Strip {
 		opt.Mode = ModeStrip
 	}
 	man, err := Rewrite(d, owner, token, opt)
 	if err != nil {
-		return fmt.Errorf("pre-restore: images %s: %w", d.Path(), err)
+		return nil, fmt.Errorf("pre-restore: images %s: %w", d.Path(), err)
 	}
+	pre.man = man
 	if *opt.Reason != "" {
 		log.Info("pre-restore: CRIU restores every mount (strip and reapply): " + *opt.Reason)
 	}
 	if man == nil {
 		log.Info("pre-restore: no mount of the images has sharing, and none can be left to mntv2; nothing to rewrite")
-		return nil
+		return pre, nil
 	}
 	var names []string
 	for _, f := range man.Files {
@@ -201,11 +233,11 @@ func PreRestore(d *images.Dir, owner int, s Settings) error {
 	if man.Mode == ModeReduce {
 		log.Info("pre-restore: images rewritten: CRIU restores the mounts it must, without sharing; mntv2 makes the rest at post-restore",
 			"files", strings.Join(names, ","), "kept", len(man.Kept), "originals", backupPrefix+"*", "watching", owner)
-		return nil
+		return pre, nil
 	}
 	log.Info("pre-restore: images rewritten without sharing", "files", strings.Join(names, ","),
 		"helpers", len(man.Helpers), "originals", backupPrefix+"*", "watching", owner)
-	return nil
+	return pre, nil
 }
 
 var errWatcher = errors.New("watcher did not start")
@@ -214,7 +246,7 @@ var errWatcher = errors.New("watcher did not start")
 // of the rewrite: "manifest", "backup mountpoints-10.img", "rewrite
 // mountpoints-10.img"; or "post-restore"), the hook stops before it, says so on stderr and
 // sleeps 30 seconds, so a test can kill it there.
-func pauseAt(step string, log *slog.Logger) func(string) error {
+func pauseAt(step string, log *slog.Logger, stop <-chan struct{}) func(string) error {
 	if step == "" {
 		return nil
 	}
@@ -222,11 +254,17 @@ func pauseAt(step string, log *slog.Logger) func(string) error {
 		if s == step {
 			fmt.Fprintf(os.Stderr, "mntv2: paused before %s\n", s)
 			log.Warn("paused before " + s + " (MNTV2_TEST_PAUSE)")
-			time.Sleep(30 * time.Second)
+			select {
+			case <-time.After(30 * time.Second):
+			case <-stop:
+			}
 		}
 		return nil
 	}
 }
+
+// errStopped ends a rewrite whose action script died.
+var errStopped = errors.New("stopped: the action script CRIU ran has died")
 
 // ReportSchema names the JSON MNTV2_REPORT receives.
 const ReportSchema = "mntv2.post-restore-report/v1"

@@ -122,6 +122,8 @@ type RewriteOptions struct {
 	Fail func(step string) error
 	// Reason receives why a reduce was a strip.
 	Reason *string
+	// Originals, when set, receives the mounts of the original images.
+	Originals *[]forest.NamespaceMounts
 }
 
 // Rewrite rewrites the mountpoints images of d for the CRIU process owner,
@@ -158,7 +160,7 @@ func Rewrite(d *images.Dir, owner int, token string, opt RewriteOptions) (*Manif
 		if imgs[i], err = images.Parse(origs[i], name, images.Mountpoints, d.Limits); err != nil {
 			return nil, err
 		}
-		ms, err := forest.ParseMountpoints(origs[i], name, d.Limits)
+		ms, err := forest.FromImage(imgs[i])
 		if err != nil {
 			return nil, err
 		}
@@ -170,6 +172,15 @@ func Rewrite(d *images.Dir, owner int, token string, opt RewriteOptions) (*Manif
 	f, err := forest.Build(input)
 	if err != nil {
 		return nil, fmt.Errorf("images %s: %w", d.Path(), err)
+	}
+	if opt.Originals != nil {
+		// As forest.ImageNamespaces reads them after the originals are back.
+		x, err := d.ReadExtra()
+		if err != nil {
+			return nil, err
+		}
+		forest.ApplyExtra(input, x)
+		*opt.Originals = input
 	}
 	if token == "" {
 		token = NewToken()
@@ -199,7 +210,12 @@ func Rewrite(d *images.Dir, owner int, token string, opt RewriteOptions) (*Manif
 		var out *images.Image
 		var err error
 		if keep != nil {
-			out, _, err = imgs[i].KeepMounts(keep)
+			// Record j is mount j of the image.
+			idx := make([]bool, len(input[i].Mounts))
+			for j, m := range input[i].Mounts {
+				idx[j] = keep[m.ID]
+			}
+			out, _, err = imgs[i].KeepRecords(idx)
 		} else {
 			out, _, err = imgs[i].StripSharing()
 		}

@@ -125,6 +125,12 @@ func Watch(dirFd int, owner int, token string, armed *os.File, log *slog.Logger)
 		// The owner is gone already.
 		armed.Close()
 	}
+	return recoverAfter(d, owner, token, log)
+}
+
+// recoverAfter puts the original images back after the CRIU process owner
+// exited, if the rewrite token made is still in place.
+func recoverAfter(d *images.Dir, owner int, token string, log *slog.Logger) error {
 	man, err := ReadManifest(d)
 	if err != nil || man == nil || man.Token != token {
 		return err // post-restore (or a newer pre-restore) took over

@@ -12,13 +12,20 @@ import (
 // runHook is mntv2 as CRIU's action script: no arguments, the action in
 // CRTOOLS_SCRIPT_ACTION. A non-zero exit aborts the restore.
 func runHook() int {
+	report, criu := resident()
 	s, err := plugin.LoadSettings(os.Getenv)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mntv2: "+err.Error())
+		if report >= 0 {
+			_, _ = os.NewFile(uintptr(report), "resident-report").Write([]byte{exitDiffers})
+		}
 		return exitDiffers
 	}
 	log, closeLog := s.Logger(os.Stderr)
 	defer closeLog()
+	if report >= 0 {
+		return plugin.Resident(os.Getenv, s, log, criu, os.NewFile(uintptr(report), "resident-report"))
+	}
 	if err := plugin.Hook(os.Getenv, s, log); err != nil {
 		log.Error("aborting the restore", "action", os.Getenv(plugin.EnvAction), "err", err)
 		return exitDiffers

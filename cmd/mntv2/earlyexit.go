@@ -1,27 +1,197 @@
 package main
 
 /*
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
-// mntv2_unused_action ends the process before the Go runtime starts when
-// CRIU runs mntv2 as its action script (no arguments, CRTOOLS_SCRIPT_ACTION
-// set) for an action mntv2 does nothing at: CRIU runs the script for about
-// seven actions of every restore and at dump, and starting the runtime and
-// the packages' init costs milliseconds each time. The actions listed here
-// must be the ones plugin.Hook acts on.
-__attribute__((constructor)) static void mntv2_unused_action(int argc, char **argv, char **envp) {
-	const char *action = getenv("CRTOOLS_SCRIPT_ACTION");
+// Everything here runs before the Go runtime starts, when CRIU runs mntv2
+// as its action script (no arguments, CRTOOLS_SCRIPT_ACTION set): CRIU runs
+// the script for about seven actions of every restore and at dump, and
+// starting the runtime and the packages' init costs milliseconds each time.
+// plugin/resident_linux.go describes the resident hook this half starts
+// (pre-restore) and talks to (post-restore).
+
+// Set in the resident's process: the pipe its parent waits on, and CRIU.
+int mntv2_resident_report = -1;
+int mntv2_resident_criu = -1;
+
+static socklen_t mntv2_resident_addr(struct sockaddr_un *sa, pid_t criu) {
+	int n;
+
+	memset(sa, 0, sizeof(*sa));
+	sa->sun_family = AF_UNIX;
+	// plugin.ResidentName
+	n = snprintf(sa->sun_path + 1, sizeof(sa->sun_path) - 1, "mntv2-hook-%d", (int)criu);
+	return offsetof(struct sockaddr_un, sun_path) + 1 + n;
+}
+
+// mntv2_recover_and_fail runs when the resident died before it answered:
+// it may have rewritten the images, so put the originals back, then fail
+// the action (CRIU aborts the restore).
+static void mntv2_recover_and_fail(char **envp) {
+	const char *dir = getenv("CRTOOLS_IMAGE_DIR");
+	pid_t pid = -1;
+
+	if (dir != NULL)
+		pid = fork();
+	if (pid == 0) {
+		int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+
+		if (null >= 0)
+			dup2(null, STDOUT_FILENO);
+		execle("/proc/self/exe", "mntv2", "criu-images", "restore", dir, (char *)NULL, envp);
+		_exit(127);
+	}
+	if (pid > 0)
+		while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+			;
+	_exit(1);
+}
+
+// mntv2_pre_restore forks: the child goes on into the Go runtime as the
+// resident (plugin.Resident); this process exits with the status it sends.
+static void mntv2_pre_restore(char **envp) {
+	pid_t criu = getppid(), child;
+	int p[2];
+	ssize_t n;
+	char st;
+
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return; // no resident: Go runs the classic hook
+	child = fork();
+	if (child < 0) {
+		close(p[0]);
+		close(p[1]);
+		return;
+	}
+	if (child == 0) {
+		close(p[0]);
+		setsid();
+		mntv2_resident_report = p[1];
+		mntv2_resident_criu = criu;
+		return;
+	}
+	close(p[1]);
+	do
+		n = read(p[0], &st, 1);
+	while (n < 0 && errno == EINTR);
+	if (n == 1)
+		_exit((unsigned char)st);
+	fprintf(stderr, "mntv2: pre-restore died before it finished: putting the original images back\n");
+	mntv2_recover_and_fail(envp);
+}
+
+// mntv2_post_restore hands the action to the resident of this CRIU, if it
+// has one (else it returns, and Go runs it), and exits with its answer.
+static void mntv2_post_restore(char **envp) {
+	struct sockaddr_un sa;
+	socklen_t len = mntv2_resident_addr(&sa, getppid()), crl;
+	struct ucred cr;
+	struct msghdr msg;
+	struct iovec iov;
+	struct cmsghdr *c;
+	int fds[3] = {STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO};
+	char cbuf[CMSG_SPACE(sizeof(fds))], *buf, **e, st;
+	size_t n = 0;
+	ssize_t r;
+	int s;
+
+	for (e = envp; *e != NULL; e++)
+		n += strlen(*e) + 1;
+	if (n >= 65536)
+		return; // more than the resident reads
+	s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		return;
+	crl = sizeof(cr);
+	if (connect(s, (struct sockaddr *)&sa, len) < 0 || getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cr, &crl) < 0 ||
+	    cr.uid != 0) {
+		close(s);
+		return;
+	}
+	buf = malloc(n + 1);
+	if (buf == NULL) {
+		close(s);
+		return;
+	}
+	n = 0;
+	for (e = envp; *e != NULL; e++) {
+		size_t l = strlen(*e) + 1;
+
+		memcpy(buf + n, *e, l);
+		n += l;
+	}
+	memset(&msg, 0, sizeof(msg));
+	memset(cbuf, 0, sizeof(cbuf));
+	iov.iov_base = buf;
+	iov.iov_len = n;
+	msg.msg_iov = &iov;
+	msg.msg_iovlen = 1;
+	msg.msg_control = cbuf;
+	msg.msg_controllen = sizeof(cbuf);
+	c = CMSG_FIRSTHDR(&msg);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(fds));
+	memcpy(CMSG_DATA(c), fds, sizeof(fds));
+	r = sendmsg(s, &msg, MSG_NOSIGNAL);
+	free(buf);
+	if (r < 0) {
+		close(s);
+		return;
+	}
+	do
+		r = recv(s, &st, 1, 0);
+	while (r < 0 && errno == EINTR);
+	if (r != 1 || st != 'A') {
+		close(s);
+		return; // refused: this process runs it
+	}
+	do
+		r = recv(s, &st, 1, 0);
+	while (r < 0 && errno == EINTR);
+	if (r == 1)
+		_exit((unsigned char)st);
+	fprintf(stderr, "mntv2: the resident hook died during post-restore: putting the original images back\n");
+	mntv2_recover_and_fail(envp);
+}
+
+// mntv2_action ends the process before the Go runtime starts for an
+// action mntv2 does nothing at (the ones plugin.Hook acts on must be
+// listed here), and does the C half of pre-restore and post-restore.
+__attribute__((constructor)) static void mntv2_action(int argc, char **argv, char **envp) {
+	const char *action = getenv("CRTOOLS_SCRIPT_ACTION"), *off = getenv("MNTV2_RESIDENT");
 
 	(void)argv;
-	(void)envp;
 	if (argc != 1 || action == NULL || *action == '\0')
 		return;
-	if (strcmp(action, "pre-restore") == 0 || strcmp(action, "post-restore") == 0 ||
-	    strcmp(action, "post-dump") == 0)
+	if (strcmp(action, "post-dump") == 0)
 		return;
+	if (strcmp(action, "pre-restore") == 0) {
+		if (off == NULL || strcmp(off, "0") != 0)
+			mntv2_pre_restore(envp);
+		return;
+	}
+	if (strcmp(action, "post-restore") == 0) {
+		mntv2_post_restore(envp);
+		return;
+	}
 	_exit(0);
 }
 */
 import "C"
+
+// resident is the resident hook's part of this process, if it is one
+// (mntv2_pre_restore forked it): the pipe its parent waits on, and CRIU.
+func resident() (report, criu int) {
+	return int(C.mntv2_resident_report), int(C.mntv2_resident_criu)
+}
