@@ -146,6 +146,7 @@ type applier struct {
 	fills   []*fill
 	premade map[Handle][]string // mountpointsIn
 	step    int                 // the step running
+	done    []bool              // steps that ran early (StartEarly), skipped
 	// The restorer's mounts by id (openHost), read once.
 	hostTree map[uint64]forest.Mount
 	// Deleted roots made again (makeDeleted), until removed.
@@ -209,11 +210,13 @@ func (a *applier) run(done []bool, res *Result) (*Result, error) {
 			i++
 			continue
 		}
+		// Steps done early do not end a batch: they are skipped in it.
 		j := i
 		where := a.executor(plan.Steps[i])
-		for j < len(plan.Steps) && a.executor(plan.Steps[j]) == where && (done == nil || !done[j]) {
+		for j < len(plan.Steps) && (done != nil && done[j] || a.executor(plan.Steps[j]) == where) {
 			j++
 		}
+		a.done = done
 		if err := a.runBatch(where, i, j, res); err != nil {
 			return nil, err
 		}
@@ -384,10 +387,14 @@ func (a *applier) runBatch(where uint32, from, to int, res *Result) error {
 		// step: on 40,000 steps per-step clocks and map updates cost
 		// milliseconds.
 		for i := from; i < to; {
+			if a.done != nil && a.done[i] {
+				i++
+				continue
+			}
 			op, phase := a.plan.Steps[i].Op, a.plan.Phase(a.plan.Steps[i])
 			start := time.Now()
 			j := i
-			for ; j < to && a.plan.Steps[j].Op == op && (j == i || a.plan.Phase(a.plan.Steps[j]) == phase); j++ {
+			for ; j < to && a.plan.Steps[j].Op == op && (j == i || a.plan.Phase(a.plan.Steps[j]) == phase) && (a.done == nil || !a.done[j]); j++ {
 				if a.opt.Stop != nil {
 					select {
 					case <-a.opt.Stop:
