@@ -1,12 +1,29 @@
 #!/bin/bash
 # The init of an e2e test container, run as pid 1 of a new pid and mount
-# namespace (see ../e2e-criu.sh): builds the fixtures' container layout in
+# namespace, and of a user namespace for a userns scenario (see
+# ../e2e-criu.sh and ct.sh): builds the fixtures' container layout in
 # ROOT (a tmpfs mounted by the caller), pivots into it, runs the scenario,
 # then sleeps until killed or dumped.
 #
 # usage: ct-init.sh ROOT SCENARIO
+# env:   CT_BINDS (HOSTPATH:CTPATH ... to bind in), CT_USERNS (1: in a user
+#        namespace)
 set -eu
 root=$1 scenario=$2
+
+# In a user namespace (CT_USERNS=1, see ct.sh), every mount copied from the
+# host is locked, ROOT too, and pivot_root refuses a locked new root: as
+# runc and LXC do, make ROOT a mount of the container's own, a recursive
+# bind of itself (its idmapped volumes, attached by hack/uns, come along).
+# Its /dev is not sticky and world-writable (tmpfs's default 1777) there:
+# the sticky check of O_CREAT opens (fs.protected_regular) refuses the
+# host's /dev/null, owned by an id the container does not map, in a
+# directory of the container's root.
+devopts=()
+if [ "${CT_USERNS:-}" = 1 ]; then
+	mount --rbind "$root" "$root"
+	devopts=(-o mode=755)
+fi
 
 # The host directories the fixtures bind in: CRIU dumps them as external
 # mounts (--ext-mount-map auto).
@@ -23,7 +40,7 @@ for b in ${CT_BINDS:-}; do
 	mount --bind "${b%%:*}" "$root${b#*:}"
 done
 mkdir -p "$root/proc" "$root/dev" "$root/tmp"
-mount -t tmpfs dev "$root/dev"
+mount -t tmpfs "${devopts[@]}" dev "$root/dev"
 touch "$root/dev/null"
 mount --bind /dev/null "$root/dev/null"
 mount -t tmpfs tmp "$root/tmp"

@@ -36,7 +36,32 @@ tasks_in() {
 	return 0
 }
 
+# The map of a scenario with a userns file: its first line that is not a
+# comment (CONTAINER:HOST:COUNT[,...], for uids and gids).
+ct_map() { grep -v '^#' "$1/userns" | head -n1; }
+
+# ct_userns W SCENARIO_DIR: for a container in a user namespace (the
+# scenario's userns file: the map, then hack/uns arguments, any number a
+# line, $W standing for W; lines starting with # are comments), sets
+# uargs to the launcher's arguments, and gives the root tmpfs to the
+# container's root (the host id its 0 maps to), who must reach it.
+ct_userns() {
+	local w=$1 sdir=$2 map line words hroot
+	map=$(ct_map "$sdir")
+	uargs=(-map "$map")
+	while read -r line; do
+		line=${line//\$W/$w}
+		read -ra words <<<"$line"
+		uargs+=("${words[@]}")
+	done < <(grep -v '^#' "$sdir/userns" | tail -n +2)
+	hroot=$(tr , '\n' <<<"$map" | awk -F: '$1 == 0 { print $2 }')
+	chown "${hroot:?$sdir/userns maps no 0}:$hroot" "$w/root"
+	# The scratch directories above the root (mktemp makes them 0700).
+	chmod o+x "$w" "$(dirname "$w")"
+}
+
 # start_ct W SCENARIO_DIR: builds the container; echoes its init's pid.
+# A scenario with a userns file runs in a user namespace (see ct_userns).
 start_ct() {
 	local w=$1 sdir=$2
 	mkdir -p "$w/root" "$w/img" "$w/work"
@@ -47,8 +72,17 @@ start_ct() {
 		# shellcheck disable=SC1091
 		. "$sdir/host.sh"
 	fi
-	CT_BINDS=$CT_BINDS unshare --mount --pid --fork --propagation unchanged \
-		setsid bash "$here/lib/ct-init.sh" "$w/root" "$sdir/scenario.sh" </dev/null >"$w/ct.out" 2>&1 &
+	if [ -f "$sdir/userns" ]; then
+		# In a user namespace of its own, through hack/uns (its init
+		# is the launcher's only child, as it is unshare's).
+		local uargs
+		ct_userns "$w" "$sdir"
+		CT_BINDS=$CT_BINDS CT_USERNS=1 "${UNS:?UNS: the hack/uns binary is not set}" "${uargs[@]}" -root "$w/root" -- \
+			setsid bash "$here/lib/ct-init.sh" "$w/root" "$sdir/scenario.sh" </dev/null >"$w/ct.out" 2>&1 &
+	else
+		CT_BINDS=$CT_BINDS unshare --mount --pid --fork --propagation unchanged \
+			setsid bash "$here/lib/ct-init.sh" "$w/root" "$sdir/scenario.sh" </dev/null >"$w/ct.out" 2>&1 &
+	fi
 	local upid=$! i
 	for i in $(seq $((${CT_READY_SECONDS:-10} * 20))); do
 		[ -e "$w/root/.ready" ] && break
