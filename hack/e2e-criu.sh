@@ -14,6 +14,9 @@
 # against the images too. Then the failure paths: an injected failure in
 # post-restore aborts the restore, kill -9 of CRIU between pre-restore and
 # post-restore, a read-only images directory, and the go-criu RPC path.
+# A scenario with a userns file runs in a user namespace of its own, started
+# by hack/uns (built here), and mntv2 restore gets --userns of a user
+# namespace with its map (testdata/e2e/README.md).
 #
 # Everything runs in a private mount namespace of its own: the host's mounts
 # are never touched. Only pids this script started (or CRIU restored for it)
@@ -52,13 +55,33 @@ fail() { note "FAIL: $*"; failures=$((failures + 1)); }
 # shellcheck source=lib/ct.sh
 . "$here/lib/ct.sh"
 
+# The launcher of containers in a user namespace (scenarios with a userns
+# file), for start_ct and the user namespace holder of mntv2 restore.
+UNS=$scratch/uns
+(cd "$top" && go build -o "$UNS" ./hack/uns)
+
 # standalone W: mntv2 restore onto the container's root (the directory CRIU
-# restores onto), compared like the CRIU restores; sets cell.
+# restores onto), compared like the CRIU restores; sets cell. For a
+# container in a user namespace (a userns scenario), as a container manager
+# restores it: a holder of a user namespace with the scenario's map, whose
+# namespace the restored mount namespaces are given (--userns).
 standalone() {
-	local w=$1 pins=$1/pins
+	local w=$1 pins=$1/pins ok=1 userns=() hjob='' hin hpid=''
 	rm -rf "$pins"
-	if ! "$MNTV2" restore --images "$w/img" --root "$w/root" --ext-mount-map auto --pin-dir "$pins" \
-		>"$w/work/mntv2-restore.log" 2>&1; then
+	if [ -f "$sdir/userns" ]; then
+		coproc HOLDER { "$UNS" -hold -map "$(ct_map "$sdir")"; }
+		hjob=$HOLDER_PID hin=${HOLDER[1]}
+		read -r hpid <&"${HOLDER[0]}" || true
+		userns=(--userns "/proc/${hpid:-none}/ns/user")
+	fi
+	"$MNTV2" restore --images "$w/img" --root "$w/root" --ext-mount-map auto --pin-dir "$pins" "${userns[@]}" \
+		>"$w/work/mntv2-restore.log" 2>&1 || ok=
+	if [ -n "$hjob" ]; then
+		# The holder ends when its stdin closes.
+		exec {hin}>&-
+		wait "$hjob" || true
+	fi
+	if [ -z "$ok" ]; then
 		cell=fails
 		return
 	fi
