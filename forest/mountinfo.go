@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/mntv2/mntv2/images"
 	"github.com/moby/sys/mountinfo"
 )
 
@@ -40,6 +41,11 @@ func fromInfo(in *mountinfo.Info) (Mount, error) {
 		FSType: in.FSType, Source: in.Source, Options: superOptions(in.VFSOptions),
 		Flags: ParseFlags(in.Options),
 		Dev:   uint32(in.Major)<<20 | uint32(in.Minor)&(1<<20-1),
+	}
+	for _, o := range strings.Split(in.Options, ",") {
+		if o == "idmapped" {
+			m.IDMap = &images.IDMaps{} // its maps: fillIDMaps
+		}
 	}
 	if strings.HasSuffix(m.Root, deletedSuffix) {
 		m.Root, m.Deleted = strings.TrimSuffix(m.Root, deletedSuffix), true
