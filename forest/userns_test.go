@@ -102,4 +102,3 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
-

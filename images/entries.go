@@ -414,3 +414,15 @@ func (img *Image) IDMaps() (IDMaps, error) {
 	}
 	return IDMaps{UID: conv(e.GetUidMap()), GID: conv(e.GetGidMap())}, nil
 }
+
+// EncodeUserns builds userns-<id>.img with maps.
+func EncodeUserns(id uint32, m IDMaps) (*Image, error) {
+	conv := func(es []IDExtent) []*userns.UidGidExtent {
+		out := make([]*userns.UidGidExtent, len(es))
+		for i, e := range es {
+			out[i] = &userns.UidGidExtent{First: proto.Uint32(e.First), LowerFirst: proto.Uint32(e.Lower), Count: proto.Uint32(e.Count)}
+		}
+		return out
+	}
+	return encodeAll(Userns, UsernsFile(id), []*userns.UsernsEntry{{UidMap: conv(m.UID), GidMap: conv(m.GID)}})
+}

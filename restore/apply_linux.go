@@ -52,6 +52,11 @@ type Options struct {
 	// statx per mount).
 	MountIDs bool
 
+	// UserNS is a user namespace (an nsfs path): the namespaces the
+	// images say a container's user namespace owned are made owned by it
+	// (Plan.Owners; its maps must be theirs).
+	UserNS string
+
 	// Check, when set, runs after the last step: an error rolls the
 	// restore back as a failed step does.
 	Check func() error
@@ -87,7 +92,7 @@ type PhaseTime struct {
 // Phase names the part of a restore a step belongs to.
 func (p *Plan) Phase(s Step) string {
 	switch s.Op {
-	case OpCreateNamespace, OpNewSuperblock, OpFillTmpfs, OpOpenExternal:
+	case OpCreateNamespace, OpNewSuperblock, OpFillTmpfs, OpOpenExternal, OpSetIDMap:
 		return "create"
 	case OpBind:
 		if p.Handles[s.Handle].Helper {
@@ -151,6 +156,10 @@ type applier struct {
 	hostTree map[uint64]forest.Mount
 	// Deleted roots made again (makeDeleted), until removed.
 	deleted []*remade
+	// User namespaces: Options.UserNS (-1 if none), and those made for
+	// idmaps, by their maps.
+	userNS  int
+	idmapNS map[string]int
 }
 
 type kind int8
@@ -190,7 +199,7 @@ func newApplier(plan *Plan, opt Options) *applier {
 	}
 	a := &applier{plan: plan, opt: opt, fds: make([]int, len(plan.Handles)), fillOf: make([]*fill, len(plan.Handles)),
 		workers: map[uint32]*worker{}, nsFds: map[uint32]int{}, attached: map[uint32][]Handle{},
-		baseNS: -1, pinDir: -1, rootLock: -1}
+		baseNS: -1, pinDir: -1, rootLock: -1, userNS: -1, idmapNS: map[string]int{}}
 	a.dirCache.fd = -1
 	for i := range a.fds {
 		a.fds[i] = -1
@@ -272,6 +281,11 @@ func (a *applier) prepare() error {
 		}
 		return nil
 	}
+	userNS, err := openUserNS(a.plan, a.opt)
+	if err != nil {
+		return fail("--userns", err)
+	}
+	a.userNS = userNS
 	if a.plan.Len() > 0 {
 		// One restore at a time per root: a rollback removes the
 		// mountpoints it made in the root, and removing a mountpoint
@@ -540,9 +554,15 @@ func (a *applier) do(s Step) error {
 		return a.propagation(s, "mount(MS_UNBINDABLE)", unix.MS_UNBINDABLE)
 	case OpSetFlags:
 		attr := mountAttr(s.Flags)
-		return a.sys("mount_setattr", func() error {
+		err := a.sys("mount_setattr", func() error {
 			return unix.MountSetattr(a.fds[s.Handle], "", unix.AT_EMPTY_PATH, attr)
 		})
+		if err != nil && a.plan.Owners[s.NS] != nil {
+			return lockedFlags(s, err)
+		}
+		return err
+	case OpSetIDMap:
+		return a.setIDMap(s)
 	case OpRemoveDeleted:
 		return a.removeDeleted(s)
 	case OpDrop:
@@ -576,7 +596,13 @@ func (a *applier) propagation(s Step, call string, flag uintptr) error {
 // all private, whose root becomes a private bind of the restore root, or
 // (s.From) the detached mount made for it.
 func (a *applier) createNamespace(s Step) error {
-	nsfd, err := a.unshareNewer()
+	var nsfd int
+	var err error
+	if s.UserNS {
+		nsfd, err = a.ownedNamespace()
+	} else {
+		nsfd, err = a.unshareNewer()
+	}
 	if err != nil {
 		return err
 	}
@@ -748,7 +774,7 @@ func (a *applier) fillTmpfs(s Step) error {
 	if l := tmpfsSizeLimit(a.sbOptions[s.Handle]); l > 0 {
 		limit = l
 	}
-	fl := startFill(a.step, name, f, a.fds[s.Handle], limit, a.mountpointsIn(s.Handle))
+	fl := startFill(a.step, name, f, a.fds[s.Handle], limit, a.mountpointsIn(s.Handle), s.IDMap)
 	a.fills = append(a.fills, fl)
 	a.fillOf[s.Handle] = fl
 	return nil
@@ -1217,7 +1243,11 @@ func (a *applier) release() {
 	for _, w := range a.workers {
 		w.stop()
 	}
-	for _, fd := range []int{a.baseNS, a.pinDir, a.rootLock} {
+	for _, fd := range a.idmapNS {
+		unix.Close(fd)
+	}
+	a.idmapNS = map[string]int{}
+	for _, fd := range []int{a.baseNS, a.pinDir, a.rootLock, a.userNS} {
 		if fd >= 0 {
 			unix.Close(fd)
 		}

@@ -28,6 +28,11 @@ func Preflight(plan *Plan, opt Options) error {
 	} else if !st.IsDir() {
 		errs = append(errs, fmt.Errorf("restore root %s is not a directory", opt.Root))
 	}
+	if fd, err := openUserNS(plan, opt); err != nil {
+		errs = append(errs, err)
+	} else if fd >= 0 {
+		unix.Close(fd)
+	}
 	for _, s := range plan.Steps {
 		switch s.Op {
 		case OpOpenExternal:

@@ -1,8 +1,12 @@
 package restore
 
 import (
+	"cmp"
+	"errors"
 	"fmt"
+	"github.com/mntv2/mntv2/images"
 	"path"
+	"slices"
 	"strings"
 
 	"github.com/mntv2/mntv2/forest"
@@ -16,6 +20,10 @@ type planner struct {
 	source  map[uint32]Handle          // superblock (dev) -> handle of a new mount of its root
 	extRoot map[uint32][]*forest.Mount // superblock -> its external mounts
 	born    map[uint32]*forest.Mount   // peer group -> the representative its members are cloned from
+	// idmapped is a handle's idmap (forest.Mount.IDMapString; "" none).
+	idmapped map[Handle]string
+	// errs are mounts the plan cannot make as the images say (problem).
+	errs []error
 
 	// The root mount of the root namespace: the restore root. Every other
 	// mount, other namespaces' roots included, comes from src.
@@ -44,7 +52,7 @@ func newPlanner(in Input) *planner {
 	plan := &Plan{Steps: make([]Step, 0, 4*n+16), Handles: make([]HandleInfo, 0, n+16)}
 	p := &planner{in: in, plan: plan, handle: make(map[*forest.Mount]Handle, n),
 		source: map[uint32]Handle{}, extRoot: map[uint32][]*forest.Mount{},
-		born: map[uint32]*forest.Mount{}, devMounts: map[uint32][]*forest.Mount{}, hostByPath: map[string]Handle{},
+		born: map[uint32]*forest.Mount{}, idmapped: map[Handle]string{}, devMounts: map[uint32][]*forest.Mount{}, hostByPath: map[string]Handle{},
 		deletedSeen: map[string]bool{}}
 	if in.Forest != nil && len(in.Forest.Namespaces) > 0 {
 		p.rootMnt = rootNamespace(in).Root
@@ -91,6 +99,7 @@ func NewPlan(in Input) (*Plan, error) {
 	s := step(OpCreateNamespace)
 	s.NS, s.Mount, s.Handle = r.NS.ID, r.ID, h
 	s.Why = "a new mount namespace whose root mount is a private bind of the restore root"
+	p.owned(&s, r.NS)
 	p.add(s)
 	order, byID, err := p.analyzeSharing()
 	if err != nil {
@@ -98,6 +107,9 @@ func NewPlan(in Input) (*Plan, error) {
 	}
 	p.bornPeers(order)
 	if err := p.createMounts(); err != nil {
+		return nil, err
+	}
+	if err := errors.Join(p.errs...); err != nil {
 		return nil, err
 	}
 	// Every other namespace is entered with its root mount, made above.
@@ -109,6 +121,7 @@ func NewPlan(in Input) (*Plan, error) {
 		s := step(OpCreateNamespace)
 		s.NS, s.Mount, s.Handle, s.From = ns.ID, ns.Root.ID, p.handle[ns.Root], p.handle[ns.Root]
 		s.Why = "a new mount namespace whose root mount is the mount made for it"
+		p.owned(&s, ns)
 		p.add(s)
 	}
 	p.assemble()
@@ -125,6 +138,19 @@ func NewPlan(in Input) (*Plan, error) {
 }
 
 func u32(v uint32) string { return fmt.Sprint(v) }
+
+// owned makes a create-namespace step s make a namespace owned by the
+// restore's user namespace when the images' ns was owned by the container's.
+func (p *planner) owned(s *Step, ns *forest.Namespace) {
+	if ns.OwnerKnown && ns.Owner != nil {
+		s.UserNS = true
+		s.Why += ", owned by the user namespace given (--userns; the images': " + ns.OwnerString() + ")"
+		if p.plan.Owners == nil {
+			p.plan.Owners = map[uint32]*images.IDMaps{}
+		}
+		p.plan.Owners[ns.ID] = ns.Owner
+	}
+}
 
 // externalPath is the host path an external mount is bound from.
 func (p *planner) externalPath(m *forest.Mount) (string, bool) {
@@ -175,6 +201,7 @@ func (p *planner) createMounts() error {
 			s.NS, s.Mount, s.Handle, s.Path = m.NS.ID, m.ID, h, hostPath
 			s.Why = fmt.Sprintf("external mount %q: a private clone of %s on this host", m.External, hostPath)
 			p.add(s)
+			p.idmap(m, h, NoHandle)
 		}
 		for _, m := range bySB[dev] {
 			src := p.src[m]
@@ -275,6 +302,10 @@ func (p *planner) newSuperblock(mounts []*forest.Mount) Handle {
 		s := step(OpFillTmpfs)
 		s.Handle, s.Dev = src, dev
 		s.Why = "tmpfs content from tmpfs-dev-" + u32(dev) + ".tar.gz.img"
+		if d := p.dumpedThrough(dev); d != nil && d.IDMap != nil && len(d.IDMap.UID)+len(d.IDMap.GID) > 0 {
+			s.IDMap = d.IDMap
+			s.Why += ", archived by CRIU through idmapped mount " + u32(d.ID) + " (" + d.IDMap.String() + "): its owners mapped back"
+		}
 		p.add(s)
 	}
 	return src
@@ -330,6 +361,34 @@ func (p *planner) bind(m *forest.Mount, from Handle, subpath, why string) {
 	s := step(OpBind)
 	s.NS, s.Mount, s.Handle, s.From, s.Path, s.Why = m.NS.ID, m.ID, h, from, subpath, why
 	p.add(s)
+	p.idmap(m, h, from)
+}
+
+// problem records that m cannot be made as the images say, and why.
+func (p *planner) problem(m *forest.Mount, why string) {
+	p.errs = append(p.errs, fmt.Errorf("namespace %d, mount %d (%s): %s", m.NS.ID, m.ID, m.Mountpoint, why))
+}
+
+// idmap plans the idmap of m (handle h, cloned from from), before anything
+// else is done with the clone: the kernel idmaps only a mount never
+// attached. A clone keeps its source's idmap, and an idmap cannot be
+// taken away: a source with another one is refused.
+func (p *planner) idmap(m *forest.Mount, h, from Handle) {
+	want, have := m.IDMapString(), p.idmapped[from]
+	p.idmapped[h] = have
+	switch {
+	case want == have:
+	case have != "":
+		p.problem(m, fmt.Sprintf("it would be cloned from a mount idmapped %s, and an idmap cannot be taken away", have))
+	case len(m.IDMap.UID) == 0 && len(m.IDMap.GID) == 0:
+		p.problem(m, "it was idmapped, and the record of its maps is empty")
+	default:
+		s := step(OpSetIDMap)
+		s.NS, s.Mount, s.Handle, s.IDMap = m.NS.ID, m.ID, h, m.IDMap
+		s.Why = "idmapped at dump time (mntv2's dump-side record): " + m.IDMap.String()
+		p.add(s)
+		p.idmapped[h] = want
+	}
 }
 
 // widestContaining is the mount with the shortest root that contains root.
@@ -479,4 +538,31 @@ func (p *planner) finish() {
 		s.NS, s.Handle, s.Why = ns.ID, p.handle[ns.Root], "keep the namespace alive"
 		p.add(s)
 	}
+}
+
+// dumpedThrough is the mount of superblock dev CRIU archived a tmpfs's
+// content through (criu/mount.c dump_one_fs: the first mount of the
+// superblock, in its list, whose root is the filesystem's root): the root
+// task's namespace first, then the others, each in image order.
+func (p *planner) dumpedThrough(dev uint32) *forest.Mount {
+	f := p.in.Forest
+	nss := append([]*forest.Namespace{}, f.Namespaces...)
+	slices.SortStableFunc(nss, func(a, b *forest.Namespace) int {
+		return cmp.Compare(b2i(a.ID != p.rootMnt.NS.ID), b2i(b.ID != p.rootMnt.NS.ID))
+	})
+	for _, ns := range nss {
+		for _, m := range ns.Mounts {
+			if m.Dev == dev && m.Root == "/" {
+				return m
+			}
+		}
+	}
+	return nil
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -6,6 +6,7 @@ import (
 	"compress/gzip"
 	"errors"
 	"fmt"
+	"github.com/mntv2/mntv2/images"
 	"io"
 	"os"
 	"path"
@@ -81,6 +82,10 @@ func (x *extraction) create(r io.Reader) error {
 		if err != nil {
 			return fmt.Errorf("tmpfs archive, entry %q: %w", hdr.Name, err)
 		}
+		if x.idmap != nil {
+			// Archived through an idmapped mount: the owners it shows.
+			hdr.Uid, hdr.Gid = unmapID(x.idmap.UID, hdr.Uid), unmapID(x.idmap.GID, hdr.Gid)
+		}
 		if err := x.entry(tr, hdr, name); err != nil {
 			return fmt.Errorf("tmpfs archive, entry %q: %w", hdr.Name, err)
 		}
@@ -132,6 +137,11 @@ type extraction struct {
 	dirs     map[string]bool
 
 	stop atomic.Bool // set to end the extraction early
+
+	// idmap, when set, is the maps of the idmapped mount the archive was
+	// made through: its owners are as that mount showed them, and the
+	// filesystem gets them mapped back.
+	idmap *images.IDMaps
 
 	// Directories of the root made before the archive is read (premake),
 	// until their entry comes, and the mode and group they were made with.
@@ -531,3 +541,15 @@ func copySparse(fd int, r io.Reader, size, budget int64) (int64, error) {
 var zeroBlock [sparseBlock]byte
 
 func allZero(b []byte) bool { return bytes.Equal(b, zeroBlock[:len(b)]) }
+
+// unmapID is the id on the filesystem that an idmapped mount with extents
+// es shows as id (the mount shows First+k as Lower+k); an id the mount
+// shows for none stays as it is.
+func unmapID(es []images.IDExtent, id int) int {
+	for _, e := range es {
+		if id >= int(e.Lower) && id-int(e.Lower) < int(e.Count) {
+			return int(e.First) + id - int(e.Lower)
+		}
+	}
+	return id
+}
