@@ -41,12 +41,8 @@ type Options struct {
 	// Stop, when closed, makes Apply stop before its next step and roll
 	// back (SIGTERM of mntv2 restore).
 	Stop <-chan struct{}
-	// BeforeStep, when set, runs before each step (on the step's thread).
-	BeforeStep func(Plan *Plan, s Step)
-
-	// FailSyscall makes the N-th mount syscall (counting from 1) fail with
-	// ErrInjected: for fault-injection tests only.
-	FailSyscall int
+	// Hooks are for tests and robustness runs only.
+	Hooks Hooks
 
 	// MountIDs fills NamespaceResult.Mounts with the new mount ids (a
 	// statx per mount).
@@ -416,8 +412,8 @@ func (a *applier) runBatch(where uint32, from, to int, res *Result) error {
 					default:
 					}
 				}
-				if a.opt.BeforeStep != nil {
-					a.opt.BeforeStep(a.plan, a.plan.Steps[j])
+				if a.opt.Hooks.BeforeStep != nil {
+					a.opt.Hooks.BeforeStep(a.plan, a.plan.Steps[j])
 				}
 				a.step = j
 				if err := a.do(a.plan.Steps[j]); err != nil {
@@ -494,7 +490,7 @@ func (a *applier) stepError(i int, err error) error {
 // sys counts a mount syscall and fails it on purpose when asked to.
 func (a *applier) sys(call string, fn func() error) error {
 	a.calls++
-	if a.calls == a.opt.FailSyscall {
+	if a.calls == a.opt.Hooks.FailSyscall {
 		return sysErr(call, ErrInjected)
 	}
 	return sysErr(call, fn())

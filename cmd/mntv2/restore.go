@@ -85,7 +85,10 @@ sources, tmpfs archives, pin dir, --userns) without changing anything.`,
 			if err != nil {
 				return inputError(err)
 			}
-			opt := restore.Options{Root: absRoot, PinDir: pinDir, Images: d, Log: slog.Default(), MountIDs: reportFile != "", UserNS: userNS}
+			opt := restore.Options{Root: absRoot, PinDir: pinDir, Images: d, Log: slog.Default(), MountIDs: reportFile != "", UserNS: userNS,
+				// For robustness tests only: the kernel probe whose name
+				// holds this text fails, as on a kernel without it.
+				Hooks: restore.Hooks{HideFeature: os.Getenv("MNTV2_TEST_HIDE_FEATURE")}}
 			preStart := time.Now()
 			if err := restore.Preflight(plan, opt); err != nil {
 				return inputError(fmt.Errorf("cannot restore: %w", err))
@@ -108,8 +111,8 @@ sources, tmpfs archives, pin dir, --userns) without changing anything.`,
 			}()
 			opt.Stop = stop
 			// For robustness tests only: fail the N-th mount syscall.
-			opt.FailSyscall, _ = strconv.Atoi(os.Getenv("MNTV2_FAIL_SYSCALL"))
-			opt.BeforeStep = pauseBefore(os.Getenv("MNTV2_TEST_PAUSE"), stop)
+			opt.Hooks.FailSyscall, _ = strconv.Atoi(os.Getenv("MNTV2_FAIL_SYSCALL"))
+			opt.Hooks.BeforeStep = pauseBefore(os.Getenv("MNTV2_TEST_PAUSE"), stop)
 			preTime := time.Since(preStart)
 			applyStart := time.Now()
 			res, err := restore.Apply(plan, opt)
