@@ -1,12 +1,9 @@
 package restore
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
-	"github.com/mntv2/mntv2/images"
 	"path"
-	"slices"
 	"strings"
 
 	"github.com/mntv2/mntv2/forest"
@@ -138,19 +135,6 @@ func NewPlan(in Input) (*Plan, error) {
 }
 
 func u32(v uint32) string { return fmt.Sprint(v) }
-
-// owned makes a create-namespace step s make a namespace owned by the
-// restore's user namespace when the images' ns was owned by the container's.
-func (p *planner) owned(s *Step, ns *forest.Namespace) {
-	if ns.OwnerKnown && ns.Owner != nil {
-		s.UserNS = true
-		s.Why += ", owned by the user namespace given (--userns; the images': " + ns.OwnerString() + ")"
-		if p.plan.Owners == nil {
-			p.plan.Owners = map[uint32]*images.IDMaps{}
-		}
-		p.plan.Owners[ns.ID] = ns.Owner
-	}
-}
 
 // externalPath is the host path an external mount is bound from.
 func (p *planner) externalPath(m *forest.Mount) (string, bool) {
@@ -364,33 +348,6 @@ func (p *planner) bind(m *forest.Mount, from Handle, subpath, why string) {
 	p.idmap(m, h, from)
 }
 
-// problem records that m cannot be made as the images say, and why.
-func (p *planner) problem(m *forest.Mount, why string) {
-	p.errs = append(p.errs, fmt.Errorf("namespace %d, mount %d (%s): %s", m.NS.ID, m.ID, m.Mountpoint, why))
-}
-
-// idmap plans the idmap of m (handle h, cloned from from), before anything
-// else is done with the clone: the kernel idmaps only a mount never
-// attached. A clone keeps its source's idmap, and an idmap cannot be
-// taken away: a source with another one is refused.
-func (p *planner) idmap(m *forest.Mount, h, from Handle) {
-	want, have := m.IDMapString(), p.idmapped[from]
-	p.idmapped[h] = have
-	switch {
-	case want == have:
-	case have != "":
-		p.problem(m, fmt.Sprintf("it would be cloned from a mount idmapped %s, and an idmap cannot be taken away", have))
-	case len(m.IDMap.UID) == 0 && len(m.IDMap.GID) == 0:
-		p.problem(m, "it was idmapped, and the record of its maps is empty")
-	default:
-		s := step(OpSetIDMap)
-		s.NS, s.Mount, s.Handle, s.IDMap = m.NS.ID, m.ID, h, m.IDMap
-		s.Why = "idmapped at dump time (mntv2's dump-side record): " + m.IDMap.String()
-		p.add(s)
-		p.idmapped[h] = want
-	}
-}
-
 // widestContaining is the mount with the shortest root that contains root.
 func widestContaining(ms []*forest.Mount, root string) *forest.Mount {
 	var best *forest.Mount
@@ -405,104 +362,6 @@ func widestContaining(ms []*forest.Mount, root string) *forest.Mount {
 // contains says whether path p is dir or below it.
 func contains(dir, p string) bool {
 	return dir == "/" || p == dir || strings.HasPrefix(p, dir) && p[len(dir)] == '/'
-}
-
-// assemble plans the attach of every mount in its namespace, parents before
-// children. Among the children of one mount, one whose mountpoint lies below
-// another's is attached first, since the other covers it (a hidden mount),
-// and a mount stacked on its parent's own mountpoint comes last: so children
-// go in reverse mountpoint order. Each attach resolves its mountpoint from
-// the parent's own root, never through another mount.
-func (p *planner) assemble() {
-	for _, ns := range p.in.Forest.Namespaces {
-		early, late := lateMounts(attachOrder(ns)[1:], func(m *forest.Mount) bool { return p.src[m].kind == fromNew })
-		for _, m := range early {
-			p.attachStep(m)
-		}
-		for _, m := range late {
-			p.overlay(m, nil)
-			p.attachStep(m)
-		}
-	}
-}
-
-func (p *planner) attachStep(m *forest.Mount) {
-	s := step(OpAttach)
-	s.NS, s.Mount, s.Handle, s.Parent = m.NS.ID, m.ID, p.handle[m], p.h(m.Parent)
-	s.Path = relTo(m.Mountpoint, m.Parent.Mountpoint)
-	s.Persistent = m.Parent.IsRoot() || m.Parent.External != ""
-	if p.in.Live != nil {
-		// Mountpoints made in a restored mount of the restore root or of
-		// the host outlive an aborted restore: they are removed again.
-		_, kept := p.in.Live.Kept[MountRef{m.Parent.NS.ID, m.Parent.ID}]
-		s.Persistent = kept && p.persistent(m.Parent)
-	}
-	s.Why = p.whyf("mount %s", m.Describe())
-	if s.Path == "" && p.in.Live == nil {
-		s.Why += ", stacked on mount " + u32(m.Parent.ID)
-	}
-	p.add(s)
-}
-
-// lateMounts splits mounts (in attach order) into those attached first and
-// the overlays that new(m) says are made fresh, with what is mounted on
-// them, attached after: an overlay's layers are looked up by path inside
-// its namespace, so they must be there first. Overlays keep their attach
-// order among themselves.
-func lateMounts(order []*forest.Mount, fresh func(*forest.Mount) bool) (early, late []*forest.Mount) {
-	isLate := map[*forest.Mount]bool{}
-	for _, m := range order {
-		if m.FSType == "overlay" && fresh(m) || m.Parent != nil && isLate[m.Parent] {
-			isLate[m] = true
-			late = append(late, m)
-		} else {
-			early = append(early, m)
-		}
-	}
-	return early, late
-}
-
-// overlay plans a fresh overlay mount m, if it is one not made yet: its
-// superblock, made by its namespace's thread, and a bind of it. by lists
-// the mounts of each superblock (the first overlay mount of a superblock
-// makes it).
-func (p *planner) overlay(m *forest.Mount, by map[uint32][]*forest.Mount) {
-	if m.FSType != "overlay" || p.src[m].kind != fromNew {
-		return
-	}
-	if _, made := p.handle[m]; made {
-		return
-	}
-	src, ok := p.source[m.Dev]
-	if !ok {
-		mounts := by[m.Dev]
-		if len(mounts) == 0 {
-			mounts = []*forest.Mount{m}
-		}
-		src = p.newSuperblock(mounts)
-		s := &p.plan.Steps[len(p.plan.Steps)-1]
-		s.NS, s.InNS = m.NS.ID, true
-		s.Why += ", made inside the namespace: its layers are paths there"
-	}
-	p.bind(m, src, rel(m.Root), "a private bind of root "+m.Root)
-}
-
-// attachOrder lists a namespace's mounts, its root first, in the order
-// they can be attached: parents before children, and among the children
-// of one mount in reverse mountpoint order, so that one covering another's
-// mountpoint comes after it. Applying a live plan peels a tree in the
-// reverse of this order.
-func attachOrder(ns *forest.Namespace) []*forest.Mount {
-	order := make([]*forest.Mount, 0, len(ns.Mounts))
-	stack := []*forest.Mount{ns.Root}
-	for len(stack) > 0 {
-		m := stack[len(stack)-1]
-		stack = stack[:len(stack)-1]
-		order = append(order, m)
-		// Push in mountpoint order, so they pop in reverse.
-		stack = append(stack, m.Children...)
-	}
-	return order
 }
 
 // finish plans unbindable, the per-mount flags, the drop of sources and
@@ -538,31 +397,4 @@ func (p *planner) finish() {
 		s.NS, s.Handle, s.Why = ns.ID, p.handle[ns.Root], "keep the namespace alive"
 		p.add(s)
 	}
-}
-
-// dumpedThrough is the mount of superblock dev CRIU archived a tmpfs's
-// content through (criu/mount.c dump_one_fs: the first mount of the
-// superblock, in its list, whose root is the filesystem's root): the root
-// task's namespace first, then the others, each in image order.
-func (p *planner) dumpedThrough(dev uint32) *forest.Mount {
-	f := p.in.Forest
-	nss := append([]*forest.Namespace{}, f.Namespaces...)
-	slices.SortStableFunc(nss, func(a, b *forest.Namespace) int {
-		return cmp.Compare(b2i(a.ID != p.rootMnt.NS.ID), b2i(b.ID != p.rootMnt.NS.ID))
-	})
-	for _, ns := range nss {
-		for _, m := range ns.Mounts {
-			if m.Dev == dev && m.Root == "/" {
-				return m
-			}
-		}
-	}
-	return nil
-}
-
-func b2i(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
