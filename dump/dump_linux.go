@@ -79,10 +79,25 @@ func Dump(pid int, dir string, opt Options) (*Summary, error) {
 	}
 	defer d.Close()
 	var imgs []*images.Image
+	// A namespace owned by a user namespace other than this one: its
+	// tasks' user namespace, as CRIU writes it (ids and userns-<id>.img;
+	// ids above the mount namespaces').
+	userNS := map[uint32]uint32{}
+	for _, nm := range input {
+		if nm.Owner != nil {
+			id := uint32(len(order) + 1 + len(userNS))
+			userNS[nm.ID] = id
+			img, err := images.EncodeUserns(id, *nm.Owner)
+			if err != nil {
+				return nil, err
+			}
+			imgs = append(imgs, img)
+		}
+	}
 	plain := make([]images.Task, len(tasks))
 	for i, t := range tasks {
 		plain[i] = t.Task
-		img, err := images.EncodeTaskIDs(t.Pid, images.TaskIDs{MntNS: nsID[t.nsIno]})
+		img, err := images.EncodeTaskIDs(t.Pid, images.TaskIDs{MntNS: nsID[t.nsIno], UserNS: userNS[nsID[t.nsIno]]})
 		if err != nil {
 			return nil, err
 		}
@@ -115,6 +130,18 @@ func Dump(pid int, dir string, opt Options) (*Summary, error) {
 		if err := d.WriteImage(img); err != nil {
 			return nil, err
 		}
+	}
+	// What the images cannot carry (mntv2's dump-side record): idmaps.
+	x := &images.Extra{}
+	for _, ns := range f.Namespaces {
+		for _, m := range ns.Mounts {
+			if m.IDMap != nil {
+				x.Mounts = append(x.Mounts, images.ExtraMount{NS: ns.ID, MntID: m.ID, IDMap: m.IDMap})
+			}
+		}
+	}
+	if err := d.WriteExtra(x); err != nil {
+		return nil, err
 	}
 	if opt.TmpfsContent {
 		n, err := writeTmpfsContent(f, nsPid, d)

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"github.com/mntv2/mntv2/images"
 	"slices"
 	"strings"
 )
@@ -55,6 +56,14 @@ const maxProblems = 20
 type NamespaceMounts struct {
 	ID     uint32
 	Mounts []Mount
+	// Recorded (images only): mntv2's dump-side record covers these
+	// mounts, so a mount it gives no idmap was not idmapped.
+	Recorded bool
+	// Owner is the maps of the user namespace that owns the namespace,
+	// nil for the reader's (or the dumper's) own; OwnerKnown says whether
+	// Owner says anything.
+	Owner      *images.IDMaps
+	OwnerKnown bool
 }
 
 type problems struct{ errs []error }
@@ -79,7 +88,7 @@ func Build(input []NamespaceMounts) (*Forest, error) {
 	var p problems
 	seen := map[uint32]uint32{} // mount id -> namespace
 	for _, in := range input {
-		ns := &Namespace{ID: in.ID, byID: make(map[uint32]*Mount, len(in.Mounts))}
+		ns := &Namespace{ID: in.ID, byID: make(map[uint32]*Mount, len(in.Mounts)), Owner: in.Owner, OwnerKnown: in.OwnerKnown}
 		backing := make([]Mount, len(in.Mounts))
 		copy(backing, in.Mounts)
 		for i := range backing {

@@ -22,7 +22,7 @@ func (f *Forest) Canonical() *Forest {
 	}
 	var input []NamespaceMounts
 	for _, ns := range f.Namespaces {
-		in := NamespaceMounts{ID: ns.ID}
+		in := NamespaceMounts{ID: ns.ID, Owner: ns.Owner, OwnerKnown: ns.OwnerKnown}
 		_ = ns.Walk(func(m *Mount) error {
 			ids[m] = uint32(len(ids) + 1)
 			c := *m

@@ -92,6 +92,9 @@ func (c *comparison) addAt(k Kind, m *Mount, what, exp, fnd string) {
 }
 
 func (c *comparison) namespace(ens, fns *Namespace) {
+	if ens.OwnerKnown && fns.OwnerKnown && ens.OwnerString() != fns.OwnerString() {
+		c.add(KindTree, ens.ID, "/", "owning user namespace", ownerName(ens), ownerName(fns))
+	}
 	m := Match(ens, fns)
 	for _, e := range m.Order {
 		if e.IsRoot() {
@@ -206,12 +209,22 @@ func (c *comparison) root(e, f *Mount) {
 
 func (c *comparison) flags(e, f *Mount) {
 	ef, ff := e.Flags, f.Flags
-	if lost := c.lossy &^ ef; lost != 0 {
+	if lost := c.lossy &^ IDMapsUnknown &^ ef; lost != 0 {
 		ff &^= lost // expected cannot say these flags were not set
 	}
 	if ef != ff {
 		c.addAt(KindFlags, e, "flags", ef.String(), ff.String())
 	}
+	if ei, fi := e.IDMapString(), f.IDMapString(); ei != fi && (c.lossy&IDMapsUnknown == 0 || e.IDMap != nil) {
+		c.addAt(KindFlags, e, "idmap", orNone(ei), orNone(fi))
+	}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
 }
 
 // NeverInImages says whether a live mount is one CRIU leaves out of its
@@ -332,4 +345,11 @@ func Summary(f *Forest, diffs []Difference) string {
 		return fmt.Sprintf("identical: %d namespaces, %d mounts", len(f.Namespaces), f.Len())
 	}
 	return fmt.Sprintf("%d differences", len(diffs))
+}
+
+func ownerName(ns *Namespace) string {
+	if o := ns.OwnerString(); o != "" {
+		return "one with maps " + o
+	}
+	return "the initial one"
 }

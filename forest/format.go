@@ -123,6 +123,9 @@ func (m *Mount) TextLine() string {
 	if m.Deleted {
 		s += " deleted"
 	}
+	if im := m.IDMapString(); im != "" {
+		s += " " + im
+	}
 	return s
 }
 
@@ -130,7 +133,11 @@ func (m *Mount) TextLine() string {
 func WriteText(w io.Writer, f *Forest) error {
 	var b strings.Builder
 	for _, ns := range f.Namespaces {
-		fmt.Fprintf(&b, "mount namespace %d: %d mounts\n", ns.ID, len(ns.Mounts))
+		fmt.Fprintf(&b, "mount namespace %d: %d mounts", ns.ID, len(ns.Mounts))
+		if o := ns.OwnerString(); o != "" {
+			b.WriteString(" owner=" + o)
+		}
+		b.WriteString("\n")
 		depth := map[*Mount]int{}
 		_ = ns.Walk(func(m *Mount) error {
 			d := 0

@@ -93,6 +93,11 @@ func FromImages(d *images.Dir) (*Forest, error) {
 // carry: its dump drops nosymfollow.
 const ImageLossy = NoSymFollow
 
+// IDMapsUnknown, in a forest's Lossy, says its mounts' idmaps are unknown
+// (images without mntv2's dump-side record): a found idmap is no
+// difference. It is no per-mount flag (bit 31 is none).
+const IDMapsUnknown Flags = 1 << 31
+
 // BuildImages is Build for mounts read from images: the forest knows which
 // flags its source loses (Forest.Lossy).
 func BuildImages(input []NamespaceMounts) (*Forest, error) {
@@ -101,6 +106,11 @@ func BuildImages(input []NamespaceMounts) (*Forest, error) {
 		return nil, err
 	}
 	f.Lossy = ImageLossy
+	for _, in := range input {
+		if !in.Recorded {
+			f.Lossy |= IDMapsUnknown
+		}
+	}
 	return f, nil
 }
 
@@ -131,12 +141,21 @@ func ImageNamespaces(d *images.Dir) ([]NamespaceMounts, error) {
 		return nil, err
 	}
 	ApplyExtra(input, x)
+	owners, err := d.MountNamespaceOwners()
+	if err != nil {
+		return nil, err
+	}
+	for i := range input {
+		if o, ok := owners[input[i].ID]; ok {
+			input[i].Owner, input[i].OwnerKnown = o, true
+		}
+	}
 	return input, nil
 }
 
 // ApplyExtra adds what mntv2's dump-side record (images.Extra) says the
 // images' mounts had beyond their MntEntry: the per-mount flags CRIU's
-// dump drops. It returns how many mounts it changed.
+// dump drops, and idmaps. It returns how many mounts it changed.
 func ApplyExtra(input []NamespaceMounts, x *images.Extra) int {
 	if x == nil {
 		return 0
@@ -148,10 +167,21 @@ func ApplyExtra(input []NamespaceMounts, x *images.Extra) int {
 	}
 	n := 0
 	for i := range input {
+		input[i].Recorded = true
 		for j := range input[i].Mounts {
 			m := &input[i].Mounts[j]
-			if e, ok := extra[ref{input[i].ID, m.ID}]; ok && e.Flags != 0 {
+			e, ok := extra[ref{input[i].ID, m.ID}]
+			if !ok {
+				continue
+			}
+			if e.Flags != 0 {
 				m.Flags = (m.Flags | Flags(e.Flags)&PerMountMask).AtimeMode()
+			}
+			if e.IDMap != nil {
+				im := *e.IDMap
+				m.IDMap = &im
+			}
+			if e.Flags != 0 || e.IDMap != nil {
 				n++
 			}
 		}

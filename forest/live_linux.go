@@ -36,7 +36,36 @@ func ReadMountinfoFile(path string, nsID uint32) (NamespaceMounts, error) {
 // ReadPID reads the mount namespace of a process, as namespace nsID. Only
 // the mounts visible from the process's root are listed.
 func ReadPID(pid int, nsID uint32) (NamespaceMounts, error) {
-	return ReadMountinfoFile("/proc/"+strconv.Itoa(pid)+"/mountinfo", nsID)
+	nm, err := ReadMountinfoFile("/proc/"+strconv.Itoa(pid)+"/mountinfo", nsID)
+	if err != nil {
+		return nm, err
+	}
+	if mfd, err := unix.Open("/proc/"+strconv.Itoa(pid)+"/ns/mnt", unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+		nm.Owner, err = ownerOf(mfd)
+		unix.Close(mfd)
+		if err != nil {
+			return nm, fmt.Errorf("process %d: the owner of its mount namespace: %w", pid, err)
+		}
+		nm.OwnerKnown = true
+	}
+	for _, m := range nm.Mounts {
+		if m.IDMap == nil {
+			continue
+		}
+		// Idmapped mounts: their maps, by statmount in the process's
+		// namespace.
+		fd, err := unix.Open("/proc/"+strconv.Itoa(pid)+"/ns/mnt", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nm, err
+		}
+		id, err := mntNamespaceID(fd)
+		unix.Close(fd)
+		if err != nil {
+			return nm, fmt.Errorf("process %d: the id of its mount namespace: %w", pid, err)
+		}
+		return nm, fillIDMaps(&nm, id)
+	}
+	return nm, nil
 }
 
 // ReadNamespaceFile reads the whole mount namespace that nsPath (a
@@ -65,12 +94,22 @@ func ReadNamespaceFile(nsPath string, nsID uint32) (NamespaceMounts, error) {
 		}
 		f := os.NewFile(uintptr(mfd), "/proc/thread-self/mountinfo")
 		defer f.Close()
-		nm, err = FromMountinfo(f, nsID)
-		return err
+		data, err := readAll(f)
+		if err != nil {
+			return err
+		}
+		if nm, err = FromMountinfo(bytes.NewReader(data), nsID); err != nil {
+			return err
+		}
+		return fillIDMaps(&nm, 0)
 	})
 	if err != nil {
 		return NamespaceMounts{}, fmt.Errorf("mount namespace %s: %w", nsPath, err)
 	}
+	if nm.Owner, err = ownerOf(fd); err != nil {
+		return NamespaceMounts{}, fmt.Errorf("mount namespace %s: its owner: %w", nsPath, err)
+	}
+	nm.OwnerKnown = true
 	return nm, nil
 }
 

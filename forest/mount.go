@@ -2,6 +2,7 @@ package forest
 
 import (
 	"cmp"
+	"github.com/mntv2/mntv2/images"
 	"slices"
 	"strconv"
 	"strings"
@@ -123,6 +124,10 @@ type Mount struct {
 	// WithPlugin: a CRIU plugin dumped the mount and restores it
 	// (with_plugin; criu/mount.c, the DUMP_EXT_MOUNT hook).
 	WithPlugin bool
+	// IDMap is an idmapped mount's uid and gid maps (nil: not idmapped):
+	// live from statmount; for images from mntv2's dump-side record
+	// (CRIU's images do not say). Empty maps: idmapped, maps unknown.
+	IDMap *images.IDMaps
 
 	// FSCode is CRIU's fstype enum value for image mounts, 0 for live ones.
 	FSCode uint32
@@ -165,6 +170,18 @@ type Namespace struct {
 	Root   *Mount
 	Mounts []*Mount // every mount, in input order
 	byID   map[uint32]*Mount
+	// Owner: see NamespaceMounts.
+	Owner      *images.IDMaps
+	OwnerKnown bool
+}
+
+// OwnerString says which user namespace owns ns: "" for the reader's own,
+// else its maps ("u:0:100000:65536,g:0:100000:65536").
+func (ns *Namespace) OwnerString() string {
+	if ns.Owner == nil {
+		return ""
+	}
+	return strings.ReplaceAll(ns.Owner.String(), " ", ",")
 }
 
 // Mount returns the mount with the given id, or nil.
@@ -272,4 +289,15 @@ func (f *Forest) Groups() []*Group {
 	}
 	slices.SortFunc(out, func(a, b *Group) int { return cmp.Compare(a.ID, b.ID) })
 	return out
+}
+
+// IDMapString is the mount's idmap as TextLine shows it ("" if none).
+func (m *Mount) IDMapString() string {
+	switch {
+	case m.IDMap == nil:
+		return ""
+	case len(m.IDMap.UID) == 0 && len(m.IDMap.GID) == 0:
+		return "idmapped"
+	}
+	return "idmap=" + strings.ReplaceAll(m.IDMap.String(), " ", ",")
 }

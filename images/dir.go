@@ -168,6 +168,54 @@ func (d *Dir) RootMountNamespace() (id uint32, ok bool, err error) {
 	return ids.MntNS, ids.MntNS != 0, nil
 }
 
+// MountNamespaceOwners says, for each mount namespace of the images'
+// tasks, the maps of the user namespace that owned it: the user namespace
+// of its tasks, when CRIU dumped that user namespace (userns-<id>.img: the
+// container had its own); nil for the dumper's user namespace. CRIU
+// restores one user namespace, the root task's.
+func (d *Dir) MountNamespaceOwners() (map[uint32]*IDMaps, error) {
+	if !d.Exists("pstree.img") {
+		return nil, nil
+	}
+	tasks, err := d.Tasks()
+	if err != nil {
+		return nil, err
+	}
+	out := map[uint32]*IDMaps{}
+	maps := map[uint32]*IDMaps{}
+	for _, t := range tasks {
+		if !d.Exists(IDsFile(t.Pid)) {
+			continue // a zombie or helper
+		}
+		ids, err := d.TaskIDs(t.Pid)
+		if err != nil {
+			return nil, err
+		}
+		if ids.MntNS == 0 || ids.UserNS == 0 {
+			continue
+		}
+		m, seen := maps[ids.UserNS]
+		if !seen {
+			if d.Exists(UsernsFile(ids.UserNS)) {
+				img, err := d.ReadImage(UsernsFile(ids.UserNS), Userns)
+				if err != nil {
+					return nil, err
+				}
+				got, err := img.IDMaps()
+				if err != nil {
+					return nil, err
+				}
+				m = &got
+			}
+			maps[ids.UserNS] = m
+		}
+		if _, done := out[ids.MntNS]; !done {
+			out[ids.MntNS] = m
+		}
+	}
+	return out, nil
+}
+
 // FSInfo reads fs-<pid>.img.
 func (d *Dir) FSInfo(pid uint32) (FSInfo, error) {
 	img, err := d.ReadImage(FSFile(pid), FS)

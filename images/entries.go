@@ -8,6 +8,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/inventory"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/pstree"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/userns"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -52,6 +53,39 @@ type InventoryInfo struct {
 	RootIDs    TaskIDs
 	HasRootIDs bool
 	NSPerID    bool
+}
+
+// IDExtent is one line of a user namespace's uid_map or gid_map: Count ids
+// from First inside map to Lower and on outside (in the parent namespace).
+type IDExtent struct {
+	First uint32 `json:"first"`
+	Lower uint32 `json:"lower"`
+	Count uint32 `json:"count"`
+}
+
+// IDMaps are a user namespace's uid and gid maps (a UsernsEntry), or an
+// idmapped mount's.
+type IDMaps struct {
+	UID []IDExtent `json:"uid"`
+	GID []IDExtent `json:"gid"`
+}
+
+// String is the maps as /proc/PID/uid_map has them, on one line:
+// "u:0:100000:65536 g:0:100000:65536".
+func (m IDMaps) String() string {
+	var b []byte
+	for _, part := range []struct {
+		k  string
+		es []IDExtent
+	}{{"u", m.UID}, {"g", m.GID}} {
+		for _, e := range part.es {
+			if len(b) > 0 {
+				b = append(b, ' ')
+			}
+			b = fmt.Appendf(b, "%s:%d:%d:%d", part.k, e.First, e.Lower, e.Count)
+		}
+	}
+	return string(b)
 }
 
 // FSInfo is an FsEntry: the cwd and root file ids of a task.
@@ -360,4 +394,35 @@ func (img *Image) AppendMounts(ms []Mount) error {
 		img.Records = append(img.Records, b)
 	}
 	return nil
+}
+
+// UsernsFile is the image of user namespace id.
+func UsernsFile(id uint32) string { return fmt.Sprintf("userns-%d.img", id) }
+
+// IDMaps reads the UsernsEntry of a userns image.
+func (img *Image) IDMaps() (IDMaps, error) {
+	var e userns.UsernsEntry
+	if err := img.one(&e); err != nil {
+		return IDMaps{}, err
+	}
+	conv := func(es []*userns.UidGidExtent) []IDExtent {
+		out := make([]IDExtent, 0, len(es))
+		for _, x := range es {
+			out = append(out, IDExtent{First: x.GetFirst(), Lower: x.GetLowerFirst(), Count: x.GetCount()})
+		}
+		return out
+	}
+	return IDMaps{UID: conv(e.GetUidMap()), GID: conv(e.GetGidMap())}, nil
+}
+
+// EncodeUserns builds userns-<id>.img with maps.
+func EncodeUserns(id uint32, m IDMaps) (*Image, error) {
+	conv := func(es []IDExtent) []*userns.UidGidExtent {
+		out := make([]*userns.UidGidExtent, len(es))
+		for i, e := range es {
+			out[i] = &userns.UidGidExtent{First: proto.Uint32(e.First), LowerFirst: proto.Uint32(e.Lower), Count: proto.Uint32(e.Count)}
+		}
+		return out
+	}
+	return encodeAll(Userns, UsernsFile(id), []*userns.UsernsEntry{{UidMap: conv(m.UID), GidMap: conv(m.GID)}})
 }

@@ -6,7 +6,8 @@ import (
 )
 
 // mntv2's dump-side record: what a live mount had that CRIU's images
-// cannot carry (criu/proc_parse.c parse_mnt_flags reads no nosymfollow),
+// cannot carry (criu/proc_parse.c parse_mnt_flags reads no nosymfollow and
+// ignores idmapped),
 // written next to the images at post-dump, read at restore. Like every
 // file mntv2 writes into an images directory, it is written crash-safely
 // (WriteFile), and CRIU never reads it.
@@ -29,6 +30,9 @@ type ExtraMount struct {
 	MntID uint32 `json:"mnt_id"` // MntEntry.mnt_id
 	// Flags are per-mount MS_* flags the MntEntry lacks (nosymfollow).
 	Flags uint32 `json:"flags,omitempty"`
+	// IDMap is an idmapped mount's uid and gid maps (statmount,
+	// Linux 6.15), as seen from the dumper's user namespace.
+	IDMap *IDMaps `json:"idmap,omitempty"`
 }
 
 // ReadExtra reads the dump-side record; nil when there is none.

@@ -16,6 +16,7 @@ const (
 	MagicIDs         uint32 = 0x54432030
 	MagicFS          uint32 = 0x51403912
 	MagicMountpoints uint32 = 0x55563928
+	MagicUserns      uint32 = 0x55474906
 )
 
 // Type is the kind of an image file.
@@ -34,6 +35,7 @@ var (
 	IDs         = Type{Name: "ids", Magic: MagicIDs, Common: true}
 	FS          = Type{Name: "fs", Magic: MagicFS, Common: true}
 	Mountpoints = Type{Name: "mountpoints", Magic: MagicMountpoints, Common: true}
+	Userns      = Type{Name: "userns", Magic: MagicUserns, Common: true}
 )
 
 // Limits bound what a reader accepts, so a hostile image cannot make it

@@ -85,7 +85,7 @@ func liveOptions(d *images.Dir, cfg Config, log *slog.Logger, man *Manifest, jud
 		return restore.LiveOptions{}, err
 	}
 	return restore.LiveOptions{Log: log, RootNS: rootNS, Helpers: man.Helpers, Kept: man.KeptSet(), Images: d,
-		HostLenient: cfg.Lenient, FailSyscall: cfg.FailSyscall, Judge: judge, Stop: cfg.Stop}, nil
+		HostLenient: cfg.Lenient, Hooks: restore.Hooks{FailSyscall: cfg.FailSyscall}, Judge: judge, Stop: cfg.Stop}, nil
 }
 
 // postRestore is PostRestore; with pre (a pre-restore that stayed alive

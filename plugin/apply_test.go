@@ -250,7 +250,7 @@ func TestApplyLiveFailure(t *testing.T) {
 		input, paths := restoreStripped(t, "01-seed-reverse-order")
 		before := mountTable(t, paths)
 		fds := testns.OpenFDs(t)
-		_, err := restore.ApplyLive(input, paths, restore.LiveOptions{FailSyscall: n})
+		_, err := restore.ApplyLive(input, paths, restore.LiveOptions{Hooks: restore.Hooks{FailSyscall: n}})
 		if err == nil {
 			if n < 3 {
 				t.Fatalf("only %d syscalls", n)
@@ -287,7 +287,7 @@ func TestApplyLiveReducedFailure(t *testing.T) {
 				root := rootOf(t, paths)
 				before := dirTree(t, root)
 				fds := testns.OpenFDs(t)
-				_, err := restore.ApplyLive(input, paths, restore.LiveOptions{Kept: kept, Images: d, FailSyscall: n})
+				_, err := restore.ApplyLive(input, paths, restore.LiveOptions{Kept: kept, Images: d, Hooks: restore.Hooks{FailSyscall: n}})
 				if err == nil {
 					if n < 10 {
 						t.Fatalf("only %d syscalls", n)

@@ -10,10 +10,11 @@ import (
 
 // PostDump records, next to the images CRIU has just written, what the
 // dumped tree's mounts have that CRIU's images cannot carry
-// (images.Extra): the per-mount flags its dump drops (nosymfollow). The
-// tasks are still frozen (CRIU runs post-dump before it kills or resumes
-// them), so their namespaces are read live; mount ids are the images' own.
-// It writes nothing when nothing is lost.
+// (images.Extra): the per-mount flags its dump drops (nosymfollow), and
+// idmapped mounts' maps (statmount). The tasks are still frozen (CRIU runs
+// post-dump before it kills or resumes them), so their namespaces are read
+// live; mount ids are the images' own. The record is written even when it
+// lists no mount: then it says that none was idmapped.
 func PostDump(d *images.Dir, root int, log *slog.Logger) (*images.Extra, error) {
 	input, err := forest.ImageNamespaces(d)
 	if err != nil {
@@ -29,24 +30,26 @@ func PostDump(d *images.Dir, root int, log *slog.Logger) (*images.Extra, error) 
 		if err != nil {
 			return nil, err
 		}
-		byID := make(map[uint32]forest.Flags, len(live.Mounts))
-		for _, m := range live.Mounts {
-			byID[m.ID] = m.Flags
+		byID := make(map[uint32]*forest.Mount, len(live.Mounts))
+		for i := range live.Mounts {
+			byID[live.Mounts[i].ID] = &live.Mounts[i]
 		}
 		for _, m := range ns.Mounts {
-			lf, ok := byID[m.ID]
+			lm, ok := byID[m.ID]
 			if !ok {
 				continue
 			}
-			if lost := lf & forest.ImageLossy &^ m.Flags; lost != 0 {
-				x.Mounts = append(x.Mounts, images.ExtraMount{NS: ns.ID, MntID: m.ID, Flags: uint32(lost)})
+			e := images.ExtraMount{NS: ns.ID, MntID: m.ID, Flags: uint32(lm.Flags & forest.ImageLossy &^ m.Flags)}
+			if lm.IDMap != nil {
+				e.IDMap = lm.IDMap
+			}
+			if e.Flags != 0 || e.IDMap != nil {
+				x.Mounts = append(x.Mounts, e)
 			}
 		}
 	}
-	if len(x.Mounts) == 0 {
-		log.Info("post-dump: the images carry everything mntv2 restores of the mounts; no record written")
-		return x, nil
-	}
+	// The record is written even with nothing in it: its presence says no
+	// mount was idmapped, which the images alone cannot.
 	if err := d.WriteExtra(x); err != nil {
 		return nil, fmt.Errorf("post-dump: write %s: %w", images.ExtraName, err)
 	}

@@ -166,7 +166,7 @@ func TestFaultInjection(t *testing.T) {
 				t.Fatalf("only %d mount syscalls counted", res.Syscalls)
 			}
 			for n := 1; n <= res.Syscalls; n++ {
-				_, err := Apply(plan, Options{Root: root, PinDir: pins, Images: d, FailSyscall: n})
+				_, err := Apply(plan, Options{Root: root, PinDir: pins, Images: d, Hooks: Hooks{FailSyscall: n}})
 				if err == nil {
 					Release(pins)
 					t.Fatalf("syscall %d of %d: the restore did not fail", n, res.Syscalls)

@@ -28,8 +28,8 @@ type LiveOptions struct {
 	Images *images.Dir
 	// HostLenient: see Input.HostLenient.
 	HostLenient bool
-	// FailSyscall: see Options.FailSyscall (tests only).
-	FailSyscall int
+	// Hooks: see Options.Hooks (tests only).
+	Hooks Hooks
 	// Stop, when closed, stops the restore before its next step and rolls
 	// back what it made (see Options.Stop).
 	Stop <-chan struct{}
@@ -160,7 +160,7 @@ func prepareLive(input []forest.NamespaceMounts, nsPaths map[uint32]string, opt 
 			return nil, err
 		}
 		if early {
-			if p.early, err = StartEarly(p.plan, Options{Log: p.log, FailSyscall: opt.FailSyscall, Images: opt.Images}); err != nil {
+			if p.early, err = StartEarly(p.plan, Options{Log: p.log, Hooks: opt.Hooks, Images: opt.Images}); err != nil {
 				return nil, err
 			}
 			p.EarlySteps, p.EarlySeconds = p.early.Steps(), p.early.Seconds
@@ -291,7 +291,7 @@ func (p *PreparedLive) Finish(nsPaths map[uint32]string) (*LiveResult, error) {
 		p.early = nil
 		res, err = early.Finish(live, check, opt.Stop)
 	} else {
-		res, err = Apply(plan, Options{Live: live, Log: log, FailSyscall: opt.FailSyscall, Images: opt.Images, Check: check, Stop: opt.Stop})
+		res, err = Apply(plan, Options{Live: live, Log: log, Hooks: opt.Hooks, Images: opt.Images, Check: check, Stop: opt.Stop})
 	}
 	if res != nil {
 		out.Result = *res

@@ -20,13 +20,18 @@ func Preflight(plan *Plan, opt Options) error {
 	if os.Geteuid() != 0 {
 		errs = append(errs, errors.New("mntv2 restore needs root (CAP_SYS_ADMIN)"))
 	}
-	if err := KernelSupport(); err != nil {
+	if err := kernelSupport(opt.Hooks.HideFeature); err != nil {
 		errs = append(errs, err)
 	}
 	if st, err := os.Stat(opt.Root); err != nil {
 		errs = append(errs, fmt.Errorf("restore root: %w", err))
 	} else if !st.IsDir() {
 		errs = append(errs, fmt.Errorf("restore root %s is not a directory", opt.Root))
+	}
+	if fd, err := openUserNS(plan, opt); err != nil {
+		errs = append(errs, err)
+	} else if fd >= 0 {
+		unix.Close(fd)
 	}
 	for _, s := range plan.Steps {
 		switch s.Op {
@@ -55,7 +60,11 @@ func Preflight(plan *Plan, opt Options) error {
 // KernelSupport probes the mount API mntv2 uses. Each probe passes bad fds:
 // the kernel checks flags first, so EBADF means the call and its flags
 // exist, EINVAL an unknown flag, ENOSYS a missing syscall.
-func KernelSupport() error {
+func KernelSupport() error { return kernelSupport("") }
+
+// kernelSupport is KernelSupport; a probe whose name contains hide (if
+// set) fails as on a kernel without its feature (Hooks.HideFeature).
+func kernelSupport(hide string) error {
 	probes := []struct {
 		what string
 		call func() error
@@ -79,9 +88,6 @@ func KernelSupport() error {
 			return err
 		}},
 	}
-	// For robustness tests only: MNTV2_TEST_HIDE_FEATURE=TEXT makes the
-	// probe whose name contains TEXT fail as on a kernel without it.
-	hide := os.Getenv("MNTV2_TEST_HIDE_FEATURE")
 	var errs []error
 	for _, p := range probes {
 		if hide != "" && strings.Contains(p.what, hide) {

@@ -73,6 +73,7 @@ func (p *planner) complete() error {
 			s.NS, s.Mount, s.Handle, s.Path = m.NS.ID, m.ID, h, hostPath
 			s.Why = p.whyf("external mount %q: a private clone of %s on this host", m.External, hostPath)
 			p.add(s)
+			p.idmap(m, h, NoHandle)
 		}
 	}
 	for _, m := range dropped {

@@ -117,7 +117,7 @@ func (a *applier) earlySteps() []bool {
 		case OpNewSuperblock:
 			done[i] = !s.InNS
 			ready[s.Handle] = done[i]
-		case OpFillTmpfs:
+		case OpFillTmpfs, OpSetIDMap:
 			done[i] = ok(s.Handle)
 		case OpBind:
 			info := a.plan.Handles[s.From]

@@ -56,8 +56,21 @@ func sysErr(call string, err error) error {
 	return &sysError{call: call, err: err}
 }
 
-// ErrInjected is the error of a syscall failed on purpose (Options.FailSyscall).
+// ErrInjected is the error of a syscall failed on purpose (Hooks.FailSyscall).
 var ErrInjected = errors.New("injected failure")
 
 // ErrStopped is the cause of a restore stopped by Options.Stop.
 var ErrStopped = errors.New("stopped by a signal; rolled back")
+
+// Hooks are a restore's test and robustness hooks. The CLI and the plugin
+// build them from the environment; library code never reads it.
+type Hooks struct {
+	// FailSyscall makes the N-th mount syscall (counting from 1) fail with
+	// ErrInjected: for fault-injection tests.
+	FailSyscall int
+	// BeforeStep, when set, runs before each step (on the step's thread).
+	BeforeStep func(plan *Plan, s Step)
+	// HideFeature makes the kernel probe whose name contains it fail, as on
+	// a kernel without the feature (Preflight).
+	HideFeature string
+}

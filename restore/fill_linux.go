@@ -2,6 +2,7 @@ package restore
 
 import (
 	"fmt"
+	"github.com/mntv2/mntv2/images"
 	"os"
 	"sync/atomic"
 	"time"
@@ -45,8 +46,10 @@ const premadeBlock = 16
 
 // startFill starts extracting f into the new tmpfs at fd, after making
 // the directories premade; it owns f.
-func startFill(step int, name string, f *os.File, fd int, limit int64, premade []string) *fill {
-	fl := &fill{step: step, name: name, x: newExtraction(fd, limit),
+func startFill(step int, name string, f *os.File, fd int, limit int64, premade []string, idmap *images.IDMaps) *fill {
+	x := newExtraction(fd, limit)
+	x.idmap = idmap
+	fl := &fill{step: step, name: name, x: x,
 		created: make(chan struct{}), done: make(chan struct{}),
 		premade: premade, premadeIdx: make(map[string]int, len(premade)),
 		ready: make([]chan struct{}, (len(premade)+premadeBlock-1)/premadeBlock)}

@@ -191,8 +191,8 @@ func HostPaths(f *forest.Forest, rootNS uint32, live map[uint32]*LiveNamespace, 
 				continue
 			}
 			ref := MountRef{ns.ID, m.ID}
-			dev, mroot := m.Dev, m.Root
-			if ln := live[ns.ID]; ln == nil || ln.Mounts[m.ID] == nil {
+			ln := live[ns.ID]
+			if ln == nil || ln.Mounts[m.ID] == nil {
 				// Not restored by CRIU (reduce mode): mntv2 clones it from
 				// its host path itself, so the host mount is the one that
 				// path lies on, if it is still of the images' filesystem.
@@ -206,17 +206,16 @@ func HostPaths(f *forest.Forest, rootNS uint32, live map[uint32]*LiveNamespace, 
 					}
 				}
 				continue
-			} else {
-				l := ln.Mounts[m.ID]
-				dev, mroot = l.Dev, l.Root
-				if m.FSType != "" && l.FSType != m.FSType && m.External == autoExternal {
-					// Its source is another filesystem than when dumped:
-					// the host mount it was bound from is gone (runc
-					// 1.1 restore unmounts the host's mounts below a
-					// propagated volume's source).
-					why[ref] = fmt.Sprintf("the host mount it was bound from, at %s, is gone: a %s filesystem is there now, the images say %s", autoHostPath(m), l.FSType, m.FSType)
-					continue
-				}
+			}
+			l := ln.Mounts[m.ID]
+			dev, mroot := l.Dev, l.Root
+			if m.FSType != "" && l.FSType != m.FSType && m.External == autoExternal {
+				// Its source is another filesystem than when dumped:
+				// the host mount it was bound from is gone (runc
+				// 1.1 restore unmounts the host's mounts below a
+				// propagated volume's source).
+				why[ref] = fmt.Sprintf("the host mount it was bound from, at %s, is gone: a %s filesystem is there now, the images say %s", autoHostPath(m), l.FSType, m.FSType)
+				continue
 			}
 			var cands []*forest.Mount
 			for i := range host {

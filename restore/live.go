@@ -1,6 +1,7 @@
 package restore
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 
@@ -74,7 +75,16 @@ func NewLivePlan(in Input) (*Plan, error) {
 		if err := p.complete(); err != nil {
 			return nil, err
 		}
+		if err := errors.Join(p.errs...); err != nil {
+			return nil, err
+		}
 	}
+	p.walk(func(m *forest.Mount) {
+		if _, kept := in.Live.Kept[MountRef{m.NS.ID, m.ID}]; m.IDMap != nil && (in.Live.Kept == nil || kept) {
+			p.plan.Warnings = append(p.plan.Warnings, fmt.Sprintf("namespace %d, mount %d (%s) was idmapped (%s) and CRIU restored it plain: an idmap is set only before a mount is attached",
+				m.NS.ID, m.ID, m.Mountpoint, m.IDMapString()))
+		}
+	})
 	if err := p.sharing(); err != nil {
 		return nil, err
 	}
@@ -244,4 +254,14 @@ func (p *planner) whyf(format string, args ...any) string {
 		return format
 	}
 	return fmt.Sprintf(format, args...)
+}
+
+// LiveNamespace is a restored mount namespace a live plan acts on.
+type LiveNamespace struct {
+	// NSPath is an nsfs file of the namespace: /proc/PID/ns/mnt.
+	NSPath string
+	// Tree is the namespace as read before the plan runs.
+	Tree *forest.Namespace
+	// Mounts maps the image mount ids of the plan to the live mounts.
+	Mounts map[uint32]*forest.Mount
 }

@@ -9,16 +9,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// LiveNamespace is a restored mount namespace a live plan acts on.
-type LiveNamespace struct {
-	// NSPath is an nsfs file of the namespace: /proc/PID/ns/mnt.
-	NSPath string
-	// Tree is the namespace as read before the plan runs.
-	Tree *forest.Namespace
-	// Mounts maps the image mount ids of the plan to the live mounts.
-	Mounts map[uint32]*forest.Mount
-}
-
 // liveState is what Apply keeps for a live plan's namespace.
 type liveState struct {
 	opened bool

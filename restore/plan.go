@@ -10,6 +10,7 @@ package restore
 
 import (
 	"fmt"
+	"github.com/mntv2/mntv2/images"
 	"strings"
 
 	"github.com/mntv2/mntv2/forest"
@@ -31,6 +32,7 @@ const (
 	OpMakeShared      Op = "make-shared"      // MS_SHARED
 	OpMakeUnbindable  Op = "make-unbindable"  // MS_UNBINDABLE
 	OpSetFlags        Op = "set-flags"        // mount_setattr: the per-mount flags, inside the namespace
+	OpSetIDMap        Op = "set-idmap"        // mount_setattr(MOUNT_ATTR_IDMAP) of a detached mount, never attached yet
 	OpRemoveDeleted   Op = "remove-deleted"   // remove the root made again for a deleted-root bind, once the sharing is done
 	OpDrop            Op = "drop"             // close a handle that is no mount of the result (a source or helper)
 	OpPin             Op = "pin"              // keep the namespace alive as PIN/mntns-<ID>
@@ -86,6 +88,14 @@ type Step struct {
 	// are looked up inside the namespace being restored, never on the
 	// host.
 	InNS bool `json:"in_ns,omitempty"`
+
+	// IDMap: set-idmap: the maps the mount gets; fill-tmpfs: the maps of
+	// the idmapped mount CRIU archived the content through.
+	IDMap *images.IDMaps `json:"idmap,omitempty"`
+
+	// UserNS (create-namespace): the namespace is owned by the user
+	// namespace Options.UserNS (the images' was owned by the container's).
+	UserNS bool `json:"userns,omitempty"`
 
 	Why string `json:"why"`
 }
@@ -143,6 +153,10 @@ type Plan struct {
 	// Warnings are what the plan restores less exactly than the images
 	// say, and why (Input.HostLenient).
 	Warnings []string `json:"warnings,omitempty"`
+	// Owners are the maps of the user namespaces that owned the images'
+	// namespaces, where a container's did: those are made owned by
+	// Options.UserNS.
+	Owners map[uint32]*images.IDMaps `json:"owners,omitempty"`
 }
 
 // Input is everything the planner needs to know.

@@ -1,6 +1,7 @@
 package restore
 
 import (
+	"errors"
 	"fmt"
 	"path"
 	"strings"
@@ -16,6 +17,10 @@ type planner struct {
 	source  map[uint32]Handle          // superblock (dev) -> handle of a new mount of its root
 	extRoot map[uint32][]*forest.Mount // superblock -> its external mounts
 	born    map[uint32]*forest.Mount   // peer group -> the representative its members are cloned from
+	// idmapped is a handle's idmap (forest.Mount.IDMapString; "" none).
+	idmapped map[Handle]string
+	// errs are mounts the plan cannot make as the images say (problem).
+	errs []error
 
 	// The root mount of the root namespace: the restore root. Every other
 	// mount, other namespaces' roots included, comes from src.
@@ -44,7 +49,7 @@ func newPlanner(in Input) *planner {
 	plan := &Plan{Steps: make([]Step, 0, 4*n+16), Handles: make([]HandleInfo, 0, n+16)}
 	p := &planner{in: in, plan: plan, handle: make(map[*forest.Mount]Handle, n),
 		source: map[uint32]Handle{}, extRoot: map[uint32][]*forest.Mount{},
-		born: map[uint32]*forest.Mount{}, devMounts: map[uint32][]*forest.Mount{}, hostByPath: map[string]Handle{},
+		born: map[uint32]*forest.Mount{}, idmapped: map[Handle]string{}, devMounts: map[uint32][]*forest.Mount{}, hostByPath: map[string]Handle{},
 		deletedSeen: map[string]bool{}}
 	if in.Forest != nil && len(in.Forest.Namespaces) > 0 {
 		p.rootMnt = rootNamespace(in).Root
@@ -91,6 +96,7 @@ func NewPlan(in Input) (*Plan, error) {
 	s := step(OpCreateNamespace)
 	s.NS, s.Mount, s.Handle = r.NS.ID, r.ID, h
 	s.Why = "a new mount namespace whose root mount is a private bind of the restore root"
+	p.owned(&s, r.NS)
 	p.add(s)
 	order, byID, err := p.analyzeSharing()
 	if err != nil {
@@ -98,6 +104,9 @@ func NewPlan(in Input) (*Plan, error) {
 	}
 	p.bornPeers(order)
 	if err := p.createMounts(); err != nil {
+		return nil, err
+	}
+	if err := errors.Join(p.errs...); err != nil {
 		return nil, err
 	}
 	// Every other namespace is entered with its root mount, made above.
@@ -109,6 +118,7 @@ func NewPlan(in Input) (*Plan, error) {
 		s := step(OpCreateNamespace)
 		s.NS, s.Mount, s.Handle, s.From = ns.ID, ns.Root.ID, p.handle[ns.Root], p.handle[ns.Root]
 		s.Why = "a new mount namespace whose root mount is the mount made for it"
+		p.owned(&s, ns)
 		p.add(s)
 	}
 	p.assemble()
@@ -175,6 +185,7 @@ func (p *planner) createMounts() error {
 			s.NS, s.Mount, s.Handle, s.Path = m.NS.ID, m.ID, h, hostPath
 			s.Why = fmt.Sprintf("external mount %q: a private clone of %s on this host", m.External, hostPath)
 			p.add(s)
+			p.idmap(m, h, NoHandle)
 		}
 		for _, m := range bySB[dev] {
 			src := p.src[m]
@@ -275,6 +286,10 @@ func (p *planner) newSuperblock(mounts []*forest.Mount) Handle {
 		s := step(OpFillTmpfs)
 		s.Handle, s.Dev = src, dev
 		s.Why = "tmpfs content from tmpfs-dev-" + u32(dev) + ".tar.gz.img"
+		if d := p.dumpedThrough(dev); d != nil && d.IDMap != nil && len(d.IDMap.UID)+len(d.IDMap.GID) > 0 {
+			s.IDMap = d.IDMap
+			s.Why += ", archived by CRIU through idmapped mount " + u32(d.ID) + " (" + d.IDMap.String() + "): its owners mapped back"
+		}
 		p.add(s)
 	}
 	return src
@@ -330,6 +345,7 @@ func (p *planner) bind(m *forest.Mount, from Handle, subpath, why string) {
 	s := step(OpBind)
 	s.NS, s.Mount, s.Handle, s.From, s.Path, s.Why = m.NS.ID, m.ID, h, from, subpath, why
 	p.add(s)
+	p.idmap(m, h, from)
 }
 
 // widestContaining is the mount with the shortest root that contains root.
@@ -346,104 +362,6 @@ func widestContaining(ms []*forest.Mount, root string) *forest.Mount {
 // contains says whether path p is dir or below it.
 func contains(dir, p string) bool {
 	return dir == "/" || p == dir || strings.HasPrefix(p, dir) && p[len(dir)] == '/'
-}
-
-// assemble plans the attach of every mount in its namespace, parents before
-// children. Among the children of one mount, one whose mountpoint lies below
-// another's is attached first, since the other covers it (a hidden mount),
-// and a mount stacked on its parent's own mountpoint comes last: so children
-// go in reverse mountpoint order. Each attach resolves its mountpoint from
-// the parent's own root, never through another mount.
-func (p *planner) assemble() {
-	for _, ns := range p.in.Forest.Namespaces {
-		early, late := lateMounts(attachOrder(ns)[1:], func(m *forest.Mount) bool { return p.src[m].kind == fromNew })
-		for _, m := range early {
-			p.attachStep(m)
-		}
-		for _, m := range late {
-			p.overlay(m, nil)
-			p.attachStep(m)
-		}
-	}
-}
-
-func (p *planner) attachStep(m *forest.Mount) {
-	s := step(OpAttach)
-	s.NS, s.Mount, s.Handle, s.Parent = m.NS.ID, m.ID, p.handle[m], p.h(m.Parent)
-	s.Path = relTo(m.Mountpoint, m.Parent.Mountpoint)
-	s.Persistent = m.Parent.IsRoot() || m.Parent.External != ""
-	if p.in.Live != nil {
-		// Mountpoints made in a restored mount of the restore root or of
-		// the host outlive an aborted restore: they are removed again.
-		_, kept := p.in.Live.Kept[MountRef{m.Parent.NS.ID, m.Parent.ID}]
-		s.Persistent = kept && p.persistent(m.Parent)
-	}
-	s.Why = p.whyf("mount %s", m.Describe())
-	if s.Path == "" && p.in.Live == nil {
-		s.Why += ", stacked on mount " + u32(m.Parent.ID)
-	}
-	p.add(s)
-}
-
-// lateMounts splits mounts (in attach order) into those attached first and
-// the overlays that new(m) says are made fresh, with what is mounted on
-// them, attached after: an overlay's layers are looked up by path inside
-// its namespace, so they must be there first. Overlays keep their attach
-// order among themselves.
-func lateMounts(order []*forest.Mount, fresh func(*forest.Mount) bool) (early, late []*forest.Mount) {
-	isLate := map[*forest.Mount]bool{}
-	for _, m := range order {
-		if m.FSType == "overlay" && fresh(m) || m.Parent != nil && isLate[m.Parent] {
-			isLate[m] = true
-			late = append(late, m)
-		} else {
-			early = append(early, m)
-		}
-	}
-	return early, late
-}
-
-// overlay plans a fresh overlay mount m, if it is one not made yet: its
-// superblock, made by its namespace's thread, and a bind of it. by lists
-// the mounts of each superblock (the first overlay mount of a superblock
-// makes it).
-func (p *planner) overlay(m *forest.Mount, by map[uint32][]*forest.Mount) {
-	if m.FSType != "overlay" || p.src[m].kind != fromNew {
-		return
-	}
-	if _, made := p.handle[m]; made {
-		return
-	}
-	src, ok := p.source[m.Dev]
-	if !ok {
-		mounts := by[m.Dev]
-		if len(mounts) == 0 {
-			mounts = []*forest.Mount{m}
-		}
-		src = p.newSuperblock(mounts)
-		s := &p.plan.Steps[len(p.plan.Steps)-1]
-		s.NS, s.InNS = m.NS.ID, true
-		s.Why += ", made inside the namespace: its layers are paths there"
-	}
-	p.bind(m, src, rel(m.Root), "a private bind of root "+m.Root)
-}
-
-// attachOrder lists a namespace's mounts, its root first, in the order
-// they can be attached: parents before children, and among the children
-// of one mount in reverse mountpoint order, so that one covering another's
-// mountpoint comes after it. Applying a live plan peels a tree in the
-// reverse of this order.
-func attachOrder(ns *forest.Namespace) []*forest.Mount {
-	order := make([]*forest.Mount, 0, len(ns.Mounts))
-	stack := []*forest.Mount{ns.Root}
-	for len(stack) > 0 {
-		m := stack[len(stack)-1]
-		stack = stack[:len(stack)-1]
-		order = append(order, m)
-		// Push in mountpoint order, so they pop in reverse.
-		stack = append(stack, m.Children...)
-	}
-	return order
 }
 
 // finish plans unbindable, the per-mount flags, the drop of sources and

@@ -184,7 +184,7 @@ func (p *planner) bornPeers(order []*groupPlan) {
 		var rep *forest.Mount
 		ok := true
 		for _, m := range gp.Members {
-			if m.IsRoot() || m.Unbindable || m.Deleted || len(m.Children) > 0 || p.src[m].kind != fromNew || m.FSType == "overlay" {
+			if m.IsRoot() || m.Unbindable || m.Deleted || len(m.Children) > 0 || p.src[m].kind != fromNew || m.FSType == "overlay" || m.IDMap != nil {
 				ok = false
 				break
 			}
