@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/mntv2/mntv2/forest"
+	"github.com/mntv2/mntv2/internal/nsexec"
 	"golang.org/x/sys/unix"
 )
 
@@ -57,6 +58,8 @@ type applier struct {
 	// idmaps, by their maps.
 	userNS  int
 	idmapNS map[string]int
+	// openers: the fsopen helpers, by user namespace inode (see opener).
+	openers map[uint64]*nsexec.Opener
 }
 
 // Apply restores plan. It runs on the calling goroutine's thread (locked for
@@ -88,7 +91,7 @@ func newApplier(plan *Plan, opt Options) *applier {
 	}
 	a := &applier{plan: plan, opt: opt, fds: make([]int, len(plan.Handles)), fillOf: make([]*fill, len(plan.Handles)),
 		workers: map[uint32]*worker{}, nsFds: map[uint32]int{}, attached: map[uint32][]Handle{},
-		baseNS: -1, pinDir: -1, rootLock: -1, userNS: -1, idmapNS: map[string]int{}}
+		baseNS: -1, pinDir: -1, rootLock: -1, userNS: -1, idmapNS: map[string]int{}, openers: map[uint64]*nsexec.Opener{}}
 	a.dirCache.fd = -1
 	for i := range a.fds {
 		a.fds[i] = -1

@@ -115,7 +115,8 @@ func (a *applier) earlySteps() []bool {
 	for i, s := range a.plan.Steps {
 		switch s.Op {
 		case OpNewSuperblock:
-			done[i] = !s.InNS
+			// (Not one a user namespace owns: it may not exist yet.)
+			done[i] = !s.InNS && !s.UserNS
 			ready[s.Handle] = done[i]
 		case OpFillTmpfs, OpSetIDMap:
 			done[i] = ok(s.Handle)

@@ -2,10 +2,13 @@ package restore
 
 import (
 	"fmt"
-	"github.com/mntv2/mntv2/images"
 	"os"
+	"runtime"
 	"sync/atomic"
 	"time"
+
+	"github.com/mntv2/mntv2/images"
+	"golang.org/x/sys/unix"
 )
 
 // A tmpfs is filled beside the other steps: extraction (mkdir, mostly)
@@ -40,15 +43,18 @@ type fill struct {
 
 	premadeErr, createErr, doneErr error
 	took                           time.Duration
+
+	// fsid, when set, is the fsuid and fsgid the extraction runs as.
+	fsid *[2]int
 }
 
 const premadeBlock = 16
 
 // startFill starts extracting f into the new tmpfs at fd, after making
 // the directories premade; it owns f.
-func startFill(step int, name string, f *os.File, fd int, limit int64, premade []string, idmap *images.IDMaps) *fill {
+func startFill(step int, name string, f *os.File, fd int, limit int64, premade []string, owner, idmap *images.IDMaps, asRoot bool) *fill {
 	x := newExtraction(fd, limit)
-	x.idmap = idmap
+	x.owner, x.idmap = owner, idmap
 	fl := &fill{step: step, name: name, x: x,
 		created: make(chan struct{}), done: make(chan struct{}),
 		premade: premade, premadeIdx: make(map[string]int, len(premade)),
@@ -59,8 +65,35 @@ func startFill(step int, name string, f *os.File, fd int, limit int64, premade [
 	for i := range fl.ready {
 		fl.ready[i] = make(chan struct{})
 	}
+	if asRoot && owner != nil {
+		fl.fsid = &[2]int{mapID(owner.UID, 0), mapID(owner.GID, 0)}
+	}
 	go fl.run(f)
 	return fl
+}
+
+// asUser makes this thread's filesystem ids uid and gid, keeping its
+// capabilities: the kernel creates no inode on a filesystem of a user
+// namespace for an fsuid that namespace does not map (EOVERFLOW), and the
+// change of fsuid from 0 clears the filesystem capabilities. The thread
+// must never run other goroutines again (the caller locks it and never
+// unlocks: it ends with the goroutine).
+func asUser(uid, gid int) error {
+	if err := unix.Setfsgid(gid); err != nil {
+		return sysErr("setfsgid", err)
+	}
+	if err := unix.Setfsuid(uid); err != nil {
+		return sysErr("setfsuid", err)
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return sysErr("capget", err)
+	}
+	for i := range data {
+		data[i].Effective = data[i].Permitted
+	}
+	return sysErr("capset", unix.Capset(&hdr, &data[0]))
 }
 
 func (fl *fill) run(f *os.File) {
@@ -71,13 +104,22 @@ func (fl *fill) run(f *os.File) {
 		fl.took = time.Since(start)
 		close(fl.done)
 	}()
-	err := fl.x.premake(fl.premade, func(n int) {
-		fl.made.Store(int64(n))
-		if n%premadeBlock == 0 {
-			close(fl.ready[n/premadeBlock-1])
-			fl.closed++
-		}
-	})
+	var err error
+	if fl.fsid != nil {
+		// A superblock of the container's user namespace: made as its
+		// root (never unlocked: the thread ends with the goroutine).
+		runtime.LockOSThread()
+		err = asUser(fl.fsid[0], fl.fsid[1])
+	}
+	if err == nil {
+		err = fl.x.premake(fl.premade, func(n int) {
+			fl.made.Store(int64(n))
+			if n%premadeBlock == 0 {
+				close(fl.ready[n/premadeBlock-1])
+				fl.closed++
+			}
+		})
+	}
 	if err != nil {
 		fl.premadeErr = fmt.Errorf("%s: %w", fl.name, err)
 	}

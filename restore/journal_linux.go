@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/mntv2/mntv2/internal/nsexec"
 	"golang.org/x/sys/unix"
 )
 
@@ -146,6 +147,10 @@ func (a *applier) release() {
 		unix.Close(fd)
 	}
 	a.idmapNS = map[string]int{}
+	for _, o := range a.openers {
+		o.Close()
+	}
+	a.openers = map[uint64]*nsexec.Opener{}
 	for _, fd := range []int{a.baseNS, a.pinDir, a.rootLock, a.userNS} {
 		if fd >= 0 {
 			unix.Close(fd)

@@ -71,25 +71,9 @@ func (a *applier) createNamespace(s Step) error {
 }
 
 // unshareNewer makes this thread's new mount namespace, one whose id is
-// above the base namespace's: the kernel binds an nsfs file of a mount
-// namespace (the pin) only into an older namespace (fs/namespace.c
-// mnt_ns_loop compares the ids). Linux 6.18 hands out namespace ids from
-// per-CPU batches, so a namespace made later on another CPU can get a
-// smaller id; then unshare again on each CPU in turn. This thread dies with
-// its worker, so its affinity does not matter afterwards.
+// above the base namespace's (see newerNamespace).
 func (a *applier) unshareNewer() (int, error) {
-	base, baseErr := mntNamespaceID(a.baseNS)
-	var set unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &set); err != nil {
-		return -1, sysErr("sched_getaffinity", err)
-	}
-	var cpus []int
-	for cpu := 0; cpu < 1024; cpu++ {
-		if set.IsSet(cpu) {
-			cpus = append(cpus, cpu)
-		}
-	}
-	for try := 0; ; try++ {
+	return a.newerNamespace(func(try int) (int, error) {
 		// Retries are not counted: the count of mount syscalls stays the
 		// same from run to run (fault injection relies on it).
 		unshare := func() error { return unix.Unshare(unix.CLONE_NEWNS) }
@@ -106,11 +90,43 @@ func (a *applier) unshareNewer() (int, error) {
 		if err != nil {
 			return -1, sysErr("open(/proc/thread-self/ns/mnt)", err)
 		}
+		return nsfd, nil
+	})
+}
+
+// newerNamespace makes a mount namespace with make, which this thread is
+// in when it returns, until it has an id above the base namespace's: the
+// kernel binds an nsfs file of a mount namespace (the pin) only into an
+// older namespace (fs/namespace.c mnt_ns_loop compares the ids). Linux 6.18
+// hands out namespace ids from per-CPU batches, so a namespace made later
+// on another CPU can get a smaller id; then it is made again on each CPU in
+// turn (a process make starts inherits the CPU too). This thread dies with
+// its worker, so its affinity does not matter afterwards.
+func (a *applier) newerNamespace(make func(try int) (int, error)) (int, error) {
+	base, baseErr := mntNamespaceID(a.baseNS)
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		return -1, sysErr("sched_getaffinity", err)
+	}
+	var cpus []int
+	for cpu := 0; cpu < 1024; cpu++ {
+		if set.IsSet(cpu) {
+			cpus = append(cpus, cpu)
+		}
+	}
+	for try := 0; ; try++ {
+		nsfd, err := make(try)
+		if err != nil {
+			return -1, err
+		}
 		id, err := mntNamespaceID(nsfd)
 		if baseErr != nil || err != nil || id > base {
 			return nsfd, nil // no ids (before 6.10): they were monotonic
 		}
 		unix.Close(nsfd)
+		if err := unix.Setns(a.baseNS, unix.CLONE_NEWNS); err != nil {
+			return -1, sysErr("setns(CLONE_NEWNS)", err)
+		}
 		if try >= 4*len(cpus) {
 			return -1, fmt.Errorf("every new mount namespace got an id below this one's (%d): cannot pin it", base)
 		}

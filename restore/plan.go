@@ -93,8 +93,18 @@ type Step struct {
 	// the idmapped mount CRIU archived the content through.
 	IDMap *images.IDMaps `json:"idmap,omitempty"`
 
-	// UserNS (create-namespace): the namespace is owned by the user
-	// namespace Options.UserNS (the images' was owned by the container's).
+	// Owner (fill-tmpfs): the maps of the user namespace CRIU archived
+	// the content in (the root task's, when it had one of its own): the
+	// archive's owners are ids of that namespace.
+	Owner *images.IDMaps `json:"owner,omitempty"`
+
+	// UserNS: create-namespace: the namespace is owned by the user
+	// namespace Options.UserNS (the images' was owned by the container's);
+	// new-superblock: the superblock is owned by the user namespace that
+	// owns NS (Options.UserNS, or the live namespace's owner), as one the
+	// container made (CRIU makes every mount inside the root task's user
+	// namespace); fill-tmpfs: the superblock is so owned, and the
+	// extraction runs as the root of Owner (filesystem ids).
 	UserNS bool `json:"userns,omitempty"`
 
 	Why string `json:"why"`

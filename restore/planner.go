@@ -281,16 +281,12 @@ func (p *planner) newSuperblock(mounts []*forest.Mount) Handle {
 	s := step(OpNewSuperblock)
 	s.Handle, s.FSType, s.Source, s.Options, s.Dev = src, first.FSType, first.Source, fsOptions(first), dev
 	s.Why = fmt.Sprintf("superblock %s of %d mounts (first %s)", forest.DevString(dev), len(mounts), first.Mountpoint)
+	p.ownedSuperblock(&s, mounts)
 	p.add(s)
 	if p.hasContent(first) {
-		s := step(OpFillTmpfs)
-		s.Handle, s.Dev = src, dev
-		s.Why = "tmpfs content from tmpfs-dev-" + u32(dev) + ".tar.gz.img"
-		if d := p.dumpedThrough(dev); d != nil && d.IDMap != nil && len(d.IDMap.UID)+len(d.IDMap.GID) > 0 {
-			s.IDMap = d.IDMap
-			s.Why += ", archived by CRIU through idmapped mount " + u32(d.ID) + " (" + d.IDMap.String() + "): its owners mapped back"
-		}
-		p.add(s)
+		f := p.fill(src, dev)
+		ownedFill(&f, s)
+		p.add(f)
 	}
 	return src
 }

@@ -19,7 +19,15 @@ func (a *applier) newSuperblock(s Step) error {
 			return err
 		}
 	}
-	fsfd, err := a.sysFd("fsopen", func() (int, error) { return unix.Fsopen(s.FSType, unix.FSOPEN_CLOEXEC) })
+	open := func() (int, error) { return unix.Fsopen(s.FSType, unix.FSOPEN_CLOEXEC) }
+	if s.UserNS {
+		o, err := a.opener(s.NS)
+		if err != nil {
+			return err
+		}
+		open = func() (int, error) { return o.Fsopen(s.FSType) }
+	}
+	fsfd, err := a.sysFd("fsopen", open)
 	if err != nil {
 		return fmt.Errorf("%s: %w", s.FSType, err)
 	}
@@ -69,7 +77,7 @@ func (a *applier) fillTmpfs(s Step) error {
 	if l := tmpfsSizeLimit(a.sbOptions[s.Handle]); l > 0 {
 		limit = l
 	}
-	fl := startFill(a.step, name, f, a.fds[s.Handle], limit, a.mountpointsIn(s.Handle), s.IDMap)
+	fl := startFill(a.step, name, f, a.fds[s.Handle], limit, a.mountpointsIn(s.Handle), s.Owner, s.IDMap, s.UserNS)
 	a.fills = append(a.fills, fl)
 	a.fillOf[s.Handle] = fl
 	return nil

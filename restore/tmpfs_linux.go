@@ -81,6 +81,10 @@ func (x *extraction) create(r io.Reader) error {
 		if err != nil {
 			return fmt.Errorf("tmpfs archive, entry %q: %w", hdr.Name, err)
 		}
+		if x.owner != nil {
+			// Archived inside a user namespace: its ids.
+			hdr.Uid, hdr.Gid = mapID(x.owner.UID, hdr.Uid), mapID(x.owner.GID, hdr.Gid)
+		}
 		if x.idmap != nil {
 			// Archived through an idmapped mount: the owners it shows.
 			hdr.Uid, hdr.Gid = unmapID(x.idmap.UID, hdr.Uid), unmapID(x.idmap.GID, hdr.Gid)
@@ -141,6 +145,9 @@ type extraction struct {
 	// made through: its owners are as that mount showed them, and the
 	// filesystem gets them mapped back.
 	idmap *images.IDMaps
+	// owner, when set, is the maps of the user namespace the archive was
+	// made in: its owners are ids of that namespace.
+	owner *images.IDMaps
 
 	// Directories of the root made before the archive is read (premake),
 	// until their entry comes, and the mode and group they were made with.

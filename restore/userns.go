@@ -3,10 +3,10 @@ package restore
 import (
 	"cmp"
 	"fmt"
-	"github.com/mntv2/mntv2/images"
 	"slices"
 
 	"github.com/mntv2/mntv2/forest"
+	"github.com/mntv2/mntv2/images"
 )
 
 // owned makes a create-namespace step s make a namespace owned by the
@@ -20,6 +20,64 @@ func (p *planner) owned(s *Step, ns *forest.Namespace) {
 		}
 		p.plan.Owners[ns.ID] = ns.Owner
 	}
+}
+
+// userMountable are the filesystems a user namespace's root may make
+// (FS_USERNS_MOUNT) and whose instance depends on nothing but the opener's
+// user namespace: a container in one makes them owned by it.
+// (Not overlay: it keeps its maker's credentials for its layers, and a
+// runtime makes a container's root overlay itself.)
+var userMountable = map[string]bool{"tmpfs": true, "ramfs": true, "devpts": true}
+
+// ownedSuperblock makes a new-superblock step s of the filesystem of mounts
+// owned by the user namespace that owns the first one's namespace, when the
+// images' was owned by a container's: CRIU makes every mount inside the
+// root task's user namespace, so such a superblock is the container's (the
+// kernel shows no superblock's owner). A filesystem the container could not
+// have made, or one with an idmapped mount (a runtime's volume, idmapped
+// for the container), is made by the restorer, as it was.
+func (p *planner) ownedSuperblock(s *Step, mounts []*forest.Mount) {
+	ns := mounts[0].NS
+	if !ns.OwnerKnown || ns.Owner == nil || !userMountable[mounts[0].FSType] {
+		return
+	}
+	for _, m := range mounts {
+		if m.IDMap != nil {
+			return
+		}
+	}
+	s.NS, s.UserNS = ns.ID, true
+	s.Why += ", owned by the user namespace owning namespace " + u32(ns.ID)
+}
+
+// ownedFill makes fill step s of a superblock that new-superblock step sb
+// makes owned by a user namespace extract as that namespace's root: the
+// kernel makes no inode there for an id it does not map.
+func ownedFill(s *Step, sb Step) {
+	if sb.UserNS && s.Owner != nil {
+		s.UserNS = true
+		s.Why += ", extracted as the root of the user namespace that owns it"
+	}
+}
+
+// fill plans the tmpfs content of superblock dev (handle h) from its
+// archive. CRIU archives with tar inside the root task's user namespace
+// when it has one (criu/filesystems.c tmpfs_dump, root_ns_mask &
+// CLONE_NEWUSER), so the owners it holds are that namespace's ids, as the
+// mount it archived through shows them (an idmapped one maps them).
+func (p *planner) fill(h Handle, dev uint32) Step {
+	s := step(OpFillTmpfs)
+	s.Handle, s.Dev = h, dev
+	s.Why = "tmpfs content from tmpfs-dev-" + u32(dev) + ".tar.gz.img"
+	if ns := p.rootMnt.NS; ns.OwnerKnown && ns.Owner != nil {
+		s.Owner = ns.Owner
+		s.Why += ", archived by CRIU in the root task's user namespace (" + ns.Owner.String() + "): its owners mapped to this one's"
+	}
+	if d := p.dumpedThrough(dev); d != nil && d.IDMap != nil && len(d.IDMap.UID)+len(d.IDMap.GID) > 0 {
+		s.IDMap = d.IDMap
+		s.Why += ", archived by CRIU through idmapped mount " + u32(d.ID) + " (" + d.IDMap.String() + "): its owners mapped back"
+	}
+	return s
 }
 
 // problem records that m cannot be made as the images say, and why.

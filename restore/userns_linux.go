@@ -32,6 +32,39 @@ func (a *applier) setIDMap(s Step) error {
 	return err
 }
 
+// opener is the fsopen helper in the user namespace owning namespace ns:
+// Options.UserNS, or the live namespace's owner. One runs per user
+// namespace, until the applier is closed.
+func (a *applier) opener(ns uint32) (*nsexec.Opener, error) {
+	userns := a.userNS
+	if userns < 0 {
+		nsfd, ok := a.nsFds[ns]
+		if !ok {
+			return nil, fmt.Errorf("no user namespace owns namespace %d here (it was owned by the container's)", ns)
+		}
+		const nsGetUserns = 0xb701 // _IO(0xb7, 0x1)
+		fd, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(nsfd), nsGetUserns, 0)
+		if e != 0 {
+			return nil, sysErr("ioctl(NS_GET_USERNS)", e)
+		}
+		defer unix.Close(int(fd))
+		userns = int(fd)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(userns, &st); err != nil {
+		return nil, sysErr("fstat(user namespace)", err)
+	}
+	if o := a.openers[st.Ino]; o != nil {
+		return o, nil
+	}
+	o, err := nsexec.NewOpener(userns)
+	if err != nil {
+		return nil, err
+	}
+	a.openers[st.Ino] = o
+	return o, nil
+}
+
 // lockedFlags explains a set-flags that failed with EPERM in a namespace
 // owned by a user namespace: flags a mount had when its namespace was
 // copied into the user namespace are locked (MNT_LOCK_READONLY, _NOSUID,
@@ -91,8 +124,7 @@ func openUserNS(plan *Plan, opt Options) (int, error) {
 // the user namespace (every mount of it locked, as in a container
 // runtime's), entered; as unshareNewer, one whose id is above the base's.
 func (a *applier) ownedNamespace() (int, error) {
-	base, baseErr := mntNamespaceID(a.baseNS)
-	for try := 0; ; try++ {
+	return a.newerNamespace(func(int) (int, error) {
 		var nsfd int
 		err := a.sys("setns(CLONE_NEWNS)", func() error {
 			var err error
@@ -104,19 +136,6 @@ func (a *applier) ownedNamespace() (int, error) {
 			}
 			return err
 		})
-		if err != nil {
-			return -1, err
-		}
-		id, err := mntNamespaceID(nsfd)
-		if baseErr != nil || err != nil || id > base {
-			return nsfd, nil
-		}
-		unix.Close(nsfd)
-		if err := unix.Setns(a.baseNS, unix.CLONE_NEWNS); err != nil {
-			return -1, sysErr("setns(CLONE_NEWNS)", err)
-		}
-		if try >= 16 {
-			return -1, fmt.Errorf("every new mount namespace got an id below this one's (%d): cannot pin it", base)
-		}
-	}
+		return nsfd, err
+	})
 }

@@ -16,7 +16,12 @@ package nsexec
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
+
+#ifndef SYS_fsopen
+#define SYS_fsopen 430
+#endif
 
 static void nsexec_fail(const char *what) {
 	dprintf(2, "nsexec: %s: %s\n", what, strerror(errno));
@@ -61,6 +66,10 @@ static void nsexec_sendfd(int sock, int fd) {
 //   mkns  3 = a user namespace, 4 = a mount namespace, 5 = a socket: a new
 //         mount namespace, a copy of 4 owned by 3, sent over 5
 //   hold  waits until stdin ends (a process that keeps its namespaces)
+//   fsopen 3 = a user namespace, 4 = a socket: inside the user namespace (as
+//         its root where it maps one), answers each message on 4 (a
+//         filesystem type) with an fsopen fd of it, or a message of the
+//         errno; ends when 4 does
 __attribute__((constructor)) static void nsexec_main(void) {
 	const char *mode = getenv("_MNTV2_NSEXEC");
 	char b;
@@ -94,6 +103,38 @@ __attribute__((constructor)) static void nsexec_main(void) {
 		nsexec_sendfd(5, fd);
 		_exit(0);
 	}
+	if (strcmp(mode, "fsopen") == 0) {
+		char type[256];
+		ssize_t n;
+
+		if (setns(3, CLONE_NEWUSER) < 0)
+			nsexec_fail("setns(CLONE_NEWUSER)");
+		// fsopen needs privilege over the owner of this process's
+		// mount namespace: one of the user namespace's own.
+		if (unshare(CLONE_NEWNS) < 0)
+			nsexec_fail("unshare(CLONE_NEWNS)");
+		// The owner a tmpfs root gets is the opener's fsuid: the
+		// namespace's root, as for a mount made by the container.
+		(void)!setresgid(0, 0, 0);
+		(void)!setresuid(0, 0, 0);
+		close(3);
+		while ((n = recv(4, type, sizeof(type) - 1, 0)) > 0) {
+			int fd;
+
+			type[n] = 0;
+			fd = syscall(SYS_fsopen, type, 1); // FSOPEN_CLOEXEC
+			if (fd < 0) {
+				int e = errno;
+
+				if (send(4, &e, sizeof(e), 0) < 0)
+					nsexec_fail("send");
+				continue;
+			}
+			nsexec_sendfd(4, fd);
+			close(fd);
+		}
+		_exit(0);
+	}
 	if (strcmp(mode, "hold") == 0) {
 		while (read(0, &b, 1) > 0 || errno == EINTR)
 			;
@@ -107,12 +148,14 @@ import "C"
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/mntv2/mntv2/images"
@@ -281,4 +324,80 @@ func NewUserNamespace(m images.IDMaps) (int, error) {
 		return -1, fmt.Errorf("a user namespace with maps %s: %v: %s", m, werr, strings.TrimSpace(errb.String()))
 	}
 	return fd, nil
+}
+
+// Opener opens filesystem contexts (fsopen) inside a user namespace: a
+// superblock made from one is owned by that namespace (its s_user_ns: the
+// namespace's root may remount it, and a tmpfs root is its root's), as one
+// a container made itself. The other steps (fsconfig, create, fsmount)
+// need no helper: the kernel takes the owner from the context. Safe for
+// concurrent use.
+type Opener struct {
+	mu   sync.Mutex
+	sock int
+	cmd  *exec.Cmd
+	errb bytes.Buffer
+}
+
+// NewOpener starts an Opener for the user namespace userns (an nsfs fd).
+func NewOpener(userns int) (*Opener, error) {
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("socketpair: %w", err)
+	}
+	cmd, done, err := helper("fsopen", userns, pair[1])
+	unix.Close(pair[1])
+	if err != nil {
+		unix.Close(pair[0])
+		return nil, err
+	}
+	o := &Opener{sock: pair[0], cmd: cmd}
+	// No Pdeathsig: the thread that starts it may end first. The
+	// helper ends with its socket, when Close or this process does.
+	cmd.Stderr = &o.errb
+	err = cmd.Start()
+	done()
+	if err != nil {
+		unix.Close(pair[0])
+		return nil, fmt.Errorf("a helper in the user namespace: %w", err)
+	}
+	return o, nil
+}
+
+// Fsopen is fsopen(fstype, FSOPEN_CLOEXEC) inside the user namespace.
+func (o *Opener) Fsopen(fstype string) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if err := unix.Send(o.sock, []byte(fstype), 0); err != nil {
+		return -1, o.helperErr(err)
+	}
+	buf := make([]byte, 4)
+	oob := make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := unix.Recvmsg(o.sock, buf, oob, unix.MSG_CMSG_CLOEXEC)
+	switch {
+	case err != nil:
+		return -1, o.helperErr(err)
+	case oobn > 0:
+		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+		if err == nil && len(msgs) == 1 {
+			if fds, err := unix.ParseUnixRights(&msgs[0]); err == nil && len(fds) == 1 {
+				return fds[0], nil
+			}
+		}
+		return -1, fmt.Errorf("fsopen in the user namespace: a bad answer (%v)", err)
+	case n == 4:
+		return -1, syscall.Errno(binary.NativeEndian.Uint32(buf))
+	default:
+		return -1, o.helperErr(errors.New("the helper ended"))
+	}
+}
+
+func (o *Opener) helperErr(err error) error {
+	return fmt.Errorf("fsopen in the user namespace: %w %s", err, strings.TrimSpace(o.errb.String()))
+}
+
+// Close ends the helper.
+func (o *Opener) Close() error {
+	unix.Close(o.sock)
+	return o.cmd.Wait()
 }
