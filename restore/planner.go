@@ -279,7 +279,7 @@ func (p *planner) newSuperblock(mounts []*forest.Mount) Handle {
 	src := p.newHandle(HandleInfo{What: fmt.Sprintf("new %s superblock %s", first.FSType, forest.DevString(dev))})
 	p.source[dev] = src
 	s := step(OpNewSuperblock)
-	s.Handle, s.FSType, s.Source, s.Options, s.Dev = src, first.FSType, first.Source, fsOptions(first), dev
+	s.Handle, s.FSType, s.Source, s.Options, s.Dev = src, first.FSType, first.Source, p.hostIDs(fsOptions(first)), dev
 	s.Why = fmt.Sprintf("superblock %s of %d mounts (first %s)", forest.DevString(dev), len(mounts), first.Mountpoint)
 	p.ownedSuperblock(&s, mounts)
 	p.add(s)

@@ -4,6 +4,8 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/mntv2/mntv2/forest"
 	"github.com/mntv2/mntv2/images"
@@ -58,6 +60,25 @@ func ownedFill(s *Step, sb Step) {
 		s.UserNS = true
 		s.Why += ", extracted as the root of the user namespace that owns it"
 	}
+}
+
+// hostIDs maps the uid= and gid= of a superblock's options to this user
+// namespace's ids: CRIU writes them as the root task's user namespace sees
+// them, when it has one (criu/proc_parse.c sb_opt_cb, userns_uid).
+func (p *planner) hostIDs(opts string) string {
+	owner := p.rootMnt.NS.Owner
+	if !p.rootMnt.NS.OwnerKnown || owner == nil || opts == "" {
+		return opts
+	}
+	parts := strings.Split(opts, ",")
+	for i, o := range parts {
+		key, val, _ := strings.Cut(o, "=")
+		es := map[string][]images.IDExtent{"uid": owner.UID, "gid": owner.GID}[key]
+		if id, err := strconv.ParseUint(val, 10, 32); es != nil && err == nil {
+			parts[i] = key + "=" + strconv.Itoa(mapID(es, int(id)))
+		}
+	}
+	return strings.Join(parts, ",")
 }
 
 // fill plans the tmpfs content of superblock dev (handle h) from its
