@@ -141,16 +141,25 @@ func ImageNamespaces(d *images.Dir) ([]NamespaceMounts, error) {
 		return nil, err
 	}
 	ApplyExtra(input, x)
+	if err := ApplyOwners(d, input); err != nil {
+		return nil, err
+	}
+	return input, nil
+}
+
+// ApplyOwners sets the owner of each namespace of input whose tasks the
+// images have (images.Dir.MountNamespaceOwners).
+func ApplyOwners(d *images.Dir, input []NamespaceMounts) error {
 	owners, err := d.MountNamespaceOwners()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for i := range input {
 		if o, ok := owners[input[i].ID]; ok {
 			input[i].Owner, input[i].OwnerKnown = o, true
 		}
 	}
-	return input, nil
+	return nil
 }
 
 // ApplyExtra adds what mntv2's dump-side record (images.Extra) says the

@@ -180,6 +180,9 @@ func Rewrite(d *images.Dir, owner int, token string, opt RewriteOptions) (*Manif
 			return nil, err
 		}
 		forest.ApplyExtra(input, x)
+		if err := forest.ApplyOwners(d, input); err != nil {
+			return nil, err
+		}
 		*opt.Originals = input
 	}
 	if token == "" {

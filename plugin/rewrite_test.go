@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"slices"
 	"strings"
@@ -289,5 +290,43 @@ func TestStartWatcherKeepsTheDirFd(t *testing.T) {
 	runtime.GC()
 	if _, err := d.Names(); err != nil {
 		t.Fatalf("the images directory fd is gone: %v", err)
+	}
+}
+
+// The mounts Rewrite hands post-restore (Originals) are those
+// forest.ImageNamespaces reads from the originals, owners and dump-side
+// record included: the plan of the resident hook is the plan of the hook
+// run afresh.
+func TestRewriteOriginalsAreTheImages(t *testing.T) {
+	ents, err := os.ReadDir(fixtures)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		t.Run(e.Name(), func(t *testing.T) {
+			dir := copyImages(t, e.Name())
+			d, err := images.Open(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			want, err := forest.ImageNamespaces(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []forest.NamespaceMounts
+			if _, err := Rewrite(d, os.Getpid(), "", RewriteOptions{Mode: ModeReduce, Originals: &got}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := Recover(d); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("Originals differ from forest.ImageNamespaces:\n got %+v\nwant %+v", got[0], want[0])
+			}
+		})
 	}
 }
