@@ -26,6 +26,7 @@
 # env:   CRIU (default: criu on PATH), MNTV2 (default: bin/mntv2),
 #        E2E_JSON (write the table as JSON there too)
 set -euo pipefail
+[ -n "${E2E_TRACE:-}" ] && set -x
 
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")

@@ -6,7 +6,7 @@
 # as uid 0. Sets check_failed.
 bad() { check_failed="${check_failed:+$check_failed; }$*"; }
 ct2=
-read -ra kids <"/proc/$rpid/task/$rpid/children"
+read -ra kids <"/proc/$rpid/task/$rpid/children" || true
 for p in "${kids[@]}"; do
 	[ "$(readlink "/proc/$p/ns/mnt")" = "$(readlink "/proc/$rpid/ns/mnt")" ] || ct2=$p
 done
