@@ -40,7 +40,7 @@ func usernsImages(t *testing.T) string {
 		{ID: 1, Dev: 8<<20 | 1, Root: "/", Mountpoint: "/", FSType: "ext4", Source: "/dev/vda", Flags: forest.Relatime},
 		{ID: 2, ParentID: 1, Dev: volDev, Root: "/", Mountpoint: "/vol", FSType: "tmpfs", Source: "vol", Flags: forest.Relatime},
 		{ID: 3, ParentID: 1, Dev: tmpDev, Root: "/", Mountpoint: "/tmp", FSType: "tmpfs", Source: "tmp", Flags: forest.Relatime,
-			Options: "size=4096k,uid=100000,gid=100000"},
+			Options: "size=4096k,uid=0,gid=0"}, // as CRIU writes them: the root task's user namespace's ids
 	} {
 		mounts = append(mounts, forest.ToImageMount(&m))
 	}
