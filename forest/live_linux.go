@@ -5,10 +5,10 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"slices"
 	"strconv"
 
+	"github.com/mntv2/mntv2/internal/mntns"
 	"golang.org/x/sys/unix"
 )
 
@@ -58,7 +58,7 @@ func ReadPID(pid int, nsID uint32) (NamespaceMounts, error) {
 		if err != nil {
 			return nm, err
 		}
-		id, err := mntNamespaceID(fd)
+		id, err := mntns.ID(fd)
 		unix.Close(fd)
 		if err != nil {
 			return nm, fmt.Errorf("process %d: the id of its mount namespace: %w", pid, err)
@@ -114,24 +114,8 @@ func ReadNamespaceFile(nsPath string, nsID uint32) (NamespaceMounts, error) {
 }
 
 // InNamespace runs fn on a new OS thread that has entered the mount
-// namespace nsFD (with its root and cwd at the namespace's root). The thread
-// never returns to the Go scheduler's pool: it exits with the goroutine.
-func InNamespace(nsFD int, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		if err := unix.Unshare(unix.CLONE_FS); err != nil {
-			errc <- fmt.Errorf("unshare(CLONE_FS): %w", err)
-			return
-		}
-		if err := unix.Setns(nsFD, unix.CLONE_NEWNS); err != nil {
-			errc <- fmt.Errorf("setns(CLONE_NEWNS): %w", err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
+// namespace nsFD (see mntns.Run).
+func InNamespace(nsFD int, fn func() error) error { return mntns.Run(nsFD, fn) }
 
 // ReadNamespaceFiles reads the namespaces at paths (namespace id -> nsfs
 // file, as ReadNamespaceFile takes it), in increasing id order.

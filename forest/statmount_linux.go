@@ -7,6 +7,7 @@ import (
 	"unsafe"
 
 	"github.com/mntv2/mntv2/images"
+	"github.com/mntv2/mntv2/internal/mntns"
 	"github.com/mntv2/mntv2/internal/nsexec"
 	"golang.org/x/sys/unix"
 )
@@ -171,26 +172,14 @@ func fillIDMaps(nm *NamespaceMounts, nsID uint64) error {
 	return nil
 }
 
-// mntNamespaceID is the id of the mount namespace of an nsfs fd
-// (ioctl NS_GET_MNTNS_ID, Linux 6.10).
-func mntNamespaceID(nsfd int) (uint64, error) {
-	const nsGetMntnsID = 0x8008b705 // _IOR(0xb7, 0x5, __u64)
-	var id uint64
-	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(nsfd), nsGetMntnsID, uintptr(unsafe.Pointer(&id))); e != 0 {
-		return 0, e
-	}
-	return id, nil
-}
-
 // ownerOf gives the maps of the user namespace that owns the namespace of
 // an nsfs fd (ioctl NS_GET_USERNS), nil when it is this process's own.
 func ownerOf(nsfd int) (*images.IDMaps, error) {
-	const nsGetUserns = 0xb701 // _IO(0xb7, 0x1)
-	r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(nsfd), nsGetUserns, 0)
-	if e != 0 {
-		return nil, fmt.Errorf("ioctl(NS_GET_USERNS): %w", e)
+	userns, err := mntns.Owner(nsfd)
+	if err != nil {
+		return nil, err
 	}
-	return userNamespaceMaps(int(r))
+	return userNamespaceMaps(userns)
 }
 
 // userNamespaceMaps gives the maps of a user namespace (an nsfs fd, which

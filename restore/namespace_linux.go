@@ -3,8 +3,8 @@ package restore
 import (
 	"fmt"
 	"path/filepath"
-	"unsafe"
 
+	"github.com/mntv2/mntv2/internal/mntns"
 	"golang.org/x/sys/unix"
 )
 
@@ -103,7 +103,7 @@ func (a *applier) unshareNewer() (int, error) {
 // turn (a process make starts inherits the CPU too). This thread dies with
 // its worker, so its affinity does not matter afterwards.
 func (a *applier) newerNamespace(make func(try int) (int, error)) (int, error) {
-	base, baseErr := mntNamespaceID(a.baseNS)
+	base, baseErr := mntns.ID(a.baseNS)
 	var set unix.CPUSet
 	if err := unix.SchedGetaffinity(0, &set); err != nil {
 		return -1, sysErr("sched_getaffinity", err)
@@ -119,7 +119,7 @@ func (a *applier) newerNamespace(make func(try int) (int, error)) (int, error) {
 		if err != nil {
 			return -1, err
 		}
-		id, err := mntNamespaceID(nsfd)
+		id, err := mntns.ID(nsfd)
 		if baseErr != nil || err != nil || id > base {
 			return nsfd, nil // no ids (before 6.10): they were monotonic
 		}
@@ -134,17 +134,6 @@ func (a *applier) newerNamespace(make func(try int) (int, error)) (int, error) {
 		one.Set(cpus[try%len(cpus)])
 		_ = unix.SchedSetaffinity(0, &one)
 	}
-}
-
-// mntNamespaceID is the id of the mount namespace of an nsfs fd
-// (ioctl NS_GET_MNTNS_ID, Linux 6.10).
-func mntNamespaceID(nsfd int) (uint64, error) {
-	const nsGetMntnsID = 0x8008b705 // _IOR(0xb7, 0x5, __u64)
-	var id uint64
-	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(nsfd), nsGetMntnsID, uintptr(unsafe.Pointer(&id))); e != 0 {
-		return 0, e
-	}
-	return id, nil
 }
 
 // pin bind-mounts the namespace's nsfs file on PIN/mntns-<ID>, a new file.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/mntv2/mntv2/internal/mntns"
 	"github.com/mntv2/mntv2/internal/nsexec"
 	"golang.org/x/sys/unix"
 )
@@ -42,13 +43,12 @@ func (a *applier) opener(ns uint32) (*nsexec.Opener, error) {
 		if !ok {
 			return nil, fmt.Errorf("no user namespace owns namespace %d here (it was owned by the container's)", ns)
 		}
-		const nsGetUserns = 0xb701 // _IO(0xb7, 0x1)
-		fd, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(nsfd), nsGetUserns, 0)
-		if e != 0 {
-			return nil, sysErr("ioctl(NS_GET_USERNS)", e)
+		fd, err := mntns.Owner(nsfd)
+		if err != nil {
+			return nil, err
 		}
-		defer unix.Close(int(fd))
-		userns = int(fd)
+		defer unix.Close(fd)
+		userns = fd
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(userns, &st); err != nil {
@@ -100,8 +100,7 @@ func openUserNS(plan *Plan, opt Options) (int, error) {
 	if err != nil {
 		return -1, fmt.Errorf("--userns: %w", err)
 	}
-	const nsGetNstype = 0xb703 // _IO(0xb7, 0x3)
-	if t, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), nsGetNstype, 0); e != 0 || t != unix.CLONE_NEWUSER {
+	if t, err := mntns.Type(fd); err != nil || t != unix.CLONE_NEWUSER {
 		unix.Close(fd)
 		return -1, fmt.Errorf("--userns %s is not a user namespace (an nsfs file such as /proc/PID/ns/user)", opt.UserNS)
 	}
