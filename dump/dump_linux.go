@@ -12,12 +12,12 @@ package dump
 import (
 	"fmt"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/mntv2/mntv2/forest"
 	"github.com/mntv2/mntv2/images"
+	"github.com/mntv2/mntv2/internal/proctree"
 	"golang.org/x/sys/unix"
 )
 
@@ -155,36 +155,20 @@ func Dump(pid int, dir string, opt Options) (*Summary, error) {
 
 // processTree lists pid and its descendants, parents first.
 func processTree(pid int) ([]task, error) {
-	ents, err := os.ReadDir("/proc")
+	pids, err := proctree.Walk(pid)
 	if err != nil {
 		return nil, err
 	}
-	all := map[int]task{}
-	children := map[int][]int{}
-	for _, e := range ents {
-		p, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
+	var out []task
+	for _, p := range pids {
 		t, err := readTask(p)
 		if err != nil {
+			if p == pid {
+				return nil, err
+			}
 			continue // gone meanwhile
 		}
-		all[p] = t
-		children[int(t.Ppid)] = append(children[int(t.Ppid)], p)
-	}
-	if _, ok := all[pid]; !ok {
-		return nil, fmt.Errorf("pid %d: no such process", pid)
-	}
-	var out []task
-	queue := []int{pid}
-	for len(queue) > 0 {
-		p := queue[0]
-		queue = queue[1:]
-		out = append(out, all[p])
-		kids := children[p]
-		slices.Sort(kids)
-		queue = append(queue, kids...)
+		out = append(out, t)
 	}
 	return out, nil
 }

@@ -1,15 +1,12 @@
 package plugin
 
 import (
-	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 
 	criu "github.com/checkpoint-restore/go-criu/v7"
 	"github.com/mntv2/mntv2/images"
+	"github.com/mntv2/mntv2/internal/proctree"
 )
 
 // Notify is a go-criu Notify for RPC restores (criu swrk): the same
@@ -70,21 +67,13 @@ func (n *Notify) Close() error {
 // process's pid.
 func criuChild() int {
 	self := os.Getpid()
-	threads, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", self))
 	found := 0
-	for _, t := range threads {
-		b, _ := os.ReadFile(t)
-		for _, f := range strings.Fields(string(b)) {
-			pid, err := strconv.Atoi(f)
-			if err != nil {
-				continue
+	for _, pid := range proctree.Children(self) {
+		if proctree.Comm(pid) == "criu" {
+			if found != 0 {
+				return self
 			}
-			if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.TrimSpace(string(comm)) == "criu" {
-				if found != 0 && found != pid {
-					return self
-				}
-				found = pid
-			}
+			found = pid
 		}
 	}
 	if found == 0 {

@@ -1,15 +1,13 @@
 package plugin
 
 import (
-	"bufio"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/mntv2/mntv2/images"
+	"github.com/mntv2/mntv2/internal/proctree"
 	"golang.org/x/sys/unix"
 )
 
@@ -22,17 +20,13 @@ type Task struct {
 // TreeTasks lists a live process tree from its root: the root, then its
 // children (of every thread), recursively. VPID is the innermost pid.
 func TreeTasks(root int) ([]Task, error) {
+	pids, err := proctree.Walk(root)
+	if err != nil {
+		return nil, err
+	}
 	var tasks []Task
-	seen := map[int]bool{}
-	queue := []int{root}
-	for len(queue) > 0 {
-		pid := queue[0]
-		queue = queue[1:]
-		if seen[pid] {
-			continue
-		}
-		seen[pid] = true
-		vpid, err := innermostPID(pid)
+	for _, pid := range pids {
+		vpid, err := proctree.InnermostPID(pid)
 		if err != nil {
 			if pid == root {
 				return nil, err
@@ -40,40 +34,8 @@ func TreeTasks(root int) ([]Task, error) {
 			continue // gone meanwhile
 		}
 		tasks = append(tasks, Task{PID: pid, VPID: vpid})
-		threads, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-		for _, t := range threads {
-			b, err := os.ReadFile(t)
-			if err != nil {
-				continue
-			}
-			for _, f := range strings.Fields(string(b)) {
-				if c, err := strconv.Atoi(f); err == nil {
-					queue = append(queue, c)
-				}
-			}
-		}
 	}
 	return tasks, nil
-}
-
-// innermostPID reads the last NSpid of /proc/PID/status.
-func innermostPID(pid int) (int, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "NSpid:"); ok {
-			fields := strings.Fields(rest)
-			if len(fields) == 0 {
-				break
-			}
-			return strconv.Atoi(fields[len(fields)-1])
-		}
-	}
-	return pid, sc.Err()
 }
 
 // RestoredNamespaces finds, for every mount namespace of the images, the
