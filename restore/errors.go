@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"syscall"
+
+	"github.com/mntv2/mntv2/internal/sysx"
 )
 
 // StepError is a failed step of a restore: which step, which mount, which
@@ -41,20 +43,9 @@ func (e *StepError) Errno() syscall.Errno {
 }
 
 // sysError names the syscall and the object it failed on.
-type sysError struct {
-	call string
-	err  error
-}
+type sysError = sysx.Error
 
-func (e *sysError) Error() string { return e.call + ": " + e.err.Error() }
-func (e *sysError) Unwrap() error { return e.err }
-
-func sysErr(call string, err error) error {
-	if err == nil {
-		return nil
-	}
-	return &sysError{call: call, err: err}
-}
+func sysErr(call string, err error) error { return sysx.Wrap(call, err) }
 
 // ErrInjected is the error of a syscall failed on purpose (Hooks.FailSyscall).
 var ErrInjected = errors.New("injected failure")

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/mntv2/mntv2/internal/sysx"
 	"golang.org/x/sys/unix"
 )
 
@@ -14,25 +15,18 @@ import (
 // never into another mount.
 const resolveInside = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_XDEV | unix.RESOLVE_NO_MAGICLINKS
 
-// openRetries bounds openInside's retries: openat2 with RESOLVE_BENEATH
-// answers EAGAIN when a rename anywhere on the system raced the lookup, and
-// a container that renames without pause must not hold the restore forever.
-const openRetries = 256
-
-// openInside opens name (one component or a relative path) below dirfd.
+// openInside opens name (one component or a relative path) below dirfd
+// (openat2 asks for a retry when a rename raced it: sysx.Again).
 func openInside(dirfd int, name string, flags int, mode uint32) (int, error) {
-	for try := 0; ; try++ {
-		fd, err := unix.Openat2(dirfd, name, &unix.OpenHow{
+	fd, err := sysx.Again(func() (int, error) {
+		return unix.Openat2(dirfd, name, &unix.OpenHow{
 			Flags: uint64(flags | unix.O_CLOEXEC | unix.O_NOFOLLOW), Mode: uint64(mode), Resolve: resolveInside,
 		})
-		if (err == unix.EINTR || err == unix.EAGAIN) && try < openRetries {
-			continue // openat2 asks for a retry when a rename raced it
-		}
-		if err == unix.EAGAIN {
-			return -1, fmt.Errorf("%s: %w (renames raced every one of %d lookups)", name, err, openRetries)
-		}
-		return fd, err
+	})
+	if errors.Is(err, sysx.ErrRaced) {
+		return -1, fmt.Errorf("%s: %w", name, err)
 	}
+	return fd, err
 }
 
 // created is an entry mntv2 made on a filesystem that outlives the restore.

@@ -17,9 +17,9 @@ func (a *applier) stepError(i int, err error) error {
 	se := &StepError{Index: i, Step: s, Err: err}
 	var sys *sysError
 	if errors.As(err, &sys) {
-		se.Syscall = sys.call
+		se.Syscall = sys.Call
 		if err == error(sys) {
-			se.Err = sys.err
+			se.Err = sys.Err
 		} else {
 			se.inErr = true // the context around it says on what
 		}

@@ -4,10 +4,10 @@
 package mntns
 
 import (
-	"fmt"
 	"runtime"
 	"unsafe"
 
+	"github.com/mntv2/mntv2/internal/sysx"
 	"golang.org/x/sys/unix"
 )
 
@@ -19,11 +19,11 @@ func Run(nsfd int, fn func() error) error {
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
 		if err := unix.Unshare(unix.CLONE_FS); err != nil {
-			errc <- fmt.Errorf("unshare(CLONE_FS): %w", err)
+			errc <- sysx.Wrap("unshare(CLONE_FS)", err)
 			return
 		}
 		if err := unix.Setns(nsfd, unix.CLONE_NEWNS); err != nil {
-			errc <- fmt.Errorf("setns(CLONE_NEWNS): %w", err)
+			errc <- sysx.Wrap("setns(CLONE_NEWNS)", err)
 			return
 		}
 		errc <- fn()
@@ -53,7 +53,7 @@ func ID(nsfd int) (uint64, error) {
 func Owner(nsfd int) (int, error) {
 	r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(nsfd), nsGetUserns, 0)
 	if e != 0 {
-		return -1, fmt.Errorf("ioctl(NS_GET_USERNS): %w", e)
+		return -1, sysx.Wrap("ioctl(NS_GET_USERNS)", e)
 	}
 	return int(r), nil
 }
@@ -63,7 +63,7 @@ func Owner(nsfd int) (int, error) {
 func Type(fd int) (int, error) {
 	r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), nsGetNstype, 0)
 	if e != 0 {
-		return 0, fmt.Errorf("ioctl(NS_GET_NSTYPE): %w", e)
+		return 0, sysx.Wrap("ioctl(NS_GET_NSTYPE)", e)
 	}
 	return int(r), nil
 }
