@@ -5,6 +5,7 @@ import (
 	"path"
 	"strings"
 
+	"github.com/mntv2/mntv2/internal/beneath"
 	"golang.org/x/sys/unix"
 )
 
@@ -77,7 +78,7 @@ func (a *applier) attachOnce(s Step) error {
 				return err
 			}
 		}
-		fd, err := openMountpoint(target, s.Path, isDir, record)
+		fd, err := beneath.Mountpoint(target, s.Path, isDir, record)
 		if err != nil {
 			return err
 		}
@@ -122,7 +123,7 @@ func (a *applier) dirOf(s Step, record func(created)) (dirfd int, name string, e
 			unix.Close(c.fd)
 			c.fd = -1
 		}
-		fd, err := openMountpoint(a.fds[s.Parent], dir, true, record)
+		fd, err := beneath.Mountpoint(a.fds[s.Parent], dir, true, record)
 		if err != nil {
 			return -1, "", err
 		}
@@ -157,12 +158,12 @@ func (a *applier) attachNamed(s Step, dirfd int, name string, isDir, exists bool
 		// (fault injection relies on the count).
 		move = func() error { return sysErr("move_mount", moveOnce()) }
 	}
-	made, err := createNew(dirfd, name, isDir)
+	made, err := beneath.Create(dirfd, name, isDir)
 	if err != nil {
 		return true, err
 	}
 	if made {
-		noteCreated(record, dirfd, name, isDir)
+		beneath.NoteCreated(record, dirfd, name, isDir)
 	} else if !isDir {
 		return false, nil
 	}

@@ -6,6 +6,7 @@ import (
 	"path"
 	"strings"
 
+	"github.com/mntv2/mntv2/internal/beneath"
 	"golang.org/x/sys/unix"
 )
 
@@ -44,7 +45,7 @@ func (a *applier) bind(s Step) error {
 		return nil
 	}
 	if s.Path != "" {
-		fd, err := openInside(from, s.Path, unix.O_PATH, 0)
+		fd, err := beneath.Open(from, s.Path, unix.O_PATH, 0)
 		if errors.Is(err, unix.EXDEV) && a.plan.Handles[s.From].Live {
 			// The path is covered by a mount in the restored tree: it is
 			// found in a clone of the source mount alone, which has no
@@ -57,7 +58,7 @@ func (a *applier) bind(s Step) error {
 			}
 		}
 		if errors.Is(err, unix.ENOENT) && a.socketRoot(s) {
-			fd, err = openInside(from, s.Path, unix.O_PATH, 0)
+			fd, err = beneath.Open(from, s.Path, unix.O_PATH, 0)
 		}
 		if err != nil {
 			return sysErr("openat2", fmt.Errorf("%s inside %s: %w", s.Path, a.plan.Handles[s.From].What, err))
@@ -90,7 +91,7 @@ func (a *applier) socketRoot(s Step) bool {
 	dir, name := path.Split(s.Path)
 	parent := a.fds[s.From]
 	if dir = strings.TrimSuffix(dir, "/"); dir != "" {
-		fd, err := openInside(parent, dir, unix.O_PATH|unix.O_DIRECTORY, 0)
+		fd, err := beneath.Open(parent, dir, unix.O_PATH|unix.O_DIRECTORY, 0)
 		if err != nil {
 			return false
 		}
@@ -115,6 +116,6 @@ func (a *applier) inBareClone(from int, path string) (clone, fd int, err error) 
 	if err != nil {
 		return -1, -1, err
 	}
-	fd, err = openInside(clone, path, unix.O_PATH, 0)
+	fd, err = beneath.Open(clone, path, unix.O_PATH, 0)
 	return clone, fd, err
 }

@@ -6,6 +6,7 @@ import (
 	"path"
 	"strings"
 
+	"github.com/mntv2/mntv2/internal/beneath"
 	"golang.org/x/sys/unix"
 )
 
@@ -45,7 +46,7 @@ func (a *applier) makeDeleted(s Step) error {
 			return sysErr("open", fmt.Errorf("the directory of the deleted root %s: %w", s.Path, err))
 		}
 		rel = base
-	} else if root, err = openInside(a.fds[s.From], ".", unix.O_PATH|unix.O_DIRECTORY, 0); err != nil {
+	} else if root, err = beneath.Open(a.fds[s.From], ".", unix.O_PATH|unix.O_DIRECTORY, 0); err != nil {
 		return sysErr("openat2", err)
 	}
 	d := &remade{path: s.Path, dirfd: root, host: s.From == NoHandle}
@@ -56,14 +57,14 @@ func (a *applier) makeDeleted(s Step) error {
 		isDir := i < len(parts)-1 || dir
 		parent, name := root, p
 		if i > 0 {
-			fd, err := openInside(root, strings.Join(parts[:i], "/"), unix.O_PATH|unix.O_DIRECTORY, 0)
+			fd, err := beneath.Open(root, strings.Join(parts[:i], "/"), unix.O_PATH|unix.O_DIRECTORY, 0)
 			if err != nil {
 				return sysErr("openat2", fmt.Errorf("deleted root %s: %w", s.Path, err))
 			}
 			defer unix.Close(fd)
 			parent, name = fd, parts[i]
 		}
-		made, err := createNew(parent, name, isDir)
+		made, err := beneath.Create(parent, name, isDir)
 		if err != nil {
 			return fmt.Errorf("deleted root %s: %w", s.Path, err)
 		}
@@ -86,7 +87,7 @@ func (a *applier) deletedKind(s Step) (bool, error) {
 	if err := a.waitCreated(a.fillFor(s.Parent)); err != nil {
 		return false, err
 	}
-	fd, err := openInside(a.fds[s.Parent], orDot(s.Target), unix.O_PATH, 0)
+	fd, err := beneath.Open(a.fds[s.Parent], orDot(s.Target), unix.O_PATH, 0)
 	if errors.Is(err, unix.ENOENT) {
 		return true, nil
 	}
@@ -140,7 +141,7 @@ func (r *remade) remove() error {
 		dir, name := path.Split(r.made[i])
 		parent := r.dirfd
 		if dir != "" {
-			fd, err := openInside(r.dirfd, strings.TrimSuffix(dir, "/"), unix.O_PATH|unix.O_DIRECTORY, 0)
+			fd, err := beneath.Open(r.dirfd, strings.TrimSuffix(dir, "/"), unix.O_PATH|unix.O_DIRECTORY, 0)
 			if err != nil {
 				return sysErr("openat2", err)
 			}

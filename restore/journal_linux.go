@@ -107,11 +107,11 @@ func (a *applier) rollback() {
 	for i := len(a.created) - 1; i >= 0; i-- {
 		c := a.created[i]
 		flags := 0
-		if c.dir {
+		if c.Dir {
 			flags = unix.AT_REMOVEDIR
 		}
-		if err := unix.Unlinkat(c.dirfd, c.name, flags); err != nil {
-			a.opt.Log.Warn("rollback: cannot remove a mountpoint mntv2 created", "name", c.name, "err", err)
+		if err := unix.Unlinkat(c.Dirfd, c.Name, flags); err != nil {
+			a.opt.Log.Warn("rollback: cannot remove a mountpoint mntv2 created", "name", c.Name, "err", err)
 		}
 	}
 }
@@ -128,7 +128,7 @@ func (a *applier) release() {
 		a.dirCache.fd = -1
 	}
 	for _, c := range a.created {
-		unix.Close(c.dirfd)
+		unix.Close(c.Dirfd)
 	}
 	a.created = nil
 	for i, fd := range a.fds {

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/mntv2/mntv2/forest"
+	"github.com/mntv2/mntv2/internal/beneath"
 	"golang.org/x/sys/unix"
 )
 
@@ -191,7 +192,7 @@ func (a *applier) peel(ln *LiveNamespace, st *liveState) (err error) {
 			// a final symlink (no MOVE_MOUNT_T_SYMLINKS).
 			name, flags = r, unix.MOVE_MOUNT_F_EMPTY_PATH
 		default:
-			t, err := openInside(parent, r, unix.O_PATH, 0)
+			t, err := beneath.Open(parent, r, unix.O_PATH, 0)
 			if err != nil {
 				return sysErr("openat2", fmt.Errorf("mountpoint of mount %d (%s): %w", m.ID, m.Mountpoint, err))
 			}
@@ -270,7 +271,7 @@ func (a *applier) peel(ln *LiveNamespace, st *liveState) (err error) {
 		}
 		fds[m] = fd
 		name := strconv.Itoa(i)
-		if _, err := createNew(park, name, dir); err != nil {
+		if _, err := beneath.Create(park, name, dir); err != nil {
 			return err
 		}
 		if err := a.sys("move_mount", func() error {

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/mntv2/mntv2/internal/beneath"
 	"golang.org/x/sys/unix"
 )
 
@@ -236,7 +237,7 @@ func (x *extraction) parent(dir string) (int, error) {
 	if x.walked > maxWalked {
 		return -1, fmt.Errorf("more than %d path components in all: refusing the archive", maxWalked)
 	}
-	fd, err := openMountpoint(x.rootfd, dir, true, nil)
+	fd, err := beneath.Mountpoint(x.rootfd, dir, true, nil)
 	if err != nil {
 		return -1, err
 	}
@@ -298,7 +299,7 @@ func (x *extraction) entry(tr *tar.Reader, hdr *tar.Header, name string) error {
 		err := unix.Mkdirat(parent, base, perm)
 		made = err == nil
 		if err == unix.EEXIST {
-			fd, err := openInside(parent, base, unix.O_PATH|unix.O_DIRECTORY, 0)
+			fd, err := beneath.Open(parent, base, unix.O_PATH|unix.O_DIRECTORY, 0)
 			if err != nil {
 				return fmt.Errorf("%s exists and is not a directory (%w)", base, err)
 			}
@@ -310,7 +311,7 @@ func (x *extraction) entry(tr *tar.Reader, hdr *tar.Header, name string) error {
 		if hdr.Size > *budget && !sparse {
 			return fmt.Errorf("%d bytes exceed what is left of the tmpfs size limit (%d bytes)", hdr.Size, *budget)
 		}
-		fd, err := openInside(parent, base, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY, perm)
+		fd, err := beneath.Open(parent, base, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY, perm)
 		if err != nil {
 			return sysErr("openat2(O_CREAT)", err)
 		}
@@ -338,7 +339,7 @@ func (x *extraction) entry(tr *tar.Reader, hdr *tar.Header, name string) error {
 		if err != nil || target == "." {
 			return fmt.Errorf("hard link to %q: outside the archive", hdr.Linkname)
 		}
-		fd, err := openInside(rootfd, target, unix.O_PATH, 0)
+		fd, err := beneath.Open(rootfd, target, unix.O_PATH, 0)
 		if err != nil {
 			return sysErr("openat2", fmt.Errorf("hard link target %q: %w", hdr.Linkname, err))
 		}
@@ -413,7 +414,7 @@ func setAttrs(dirfd int, name string, hdr *tar.Header, mode uint32, modeSet, own
 			return sysErr("fchmodat", err)
 		}
 	default:
-		fd, err := openInside(dirfd, orDot(name), unix.O_PATH, 0)
+		fd, err := beneath.Open(dirfd, orDot(name), unix.O_PATH, 0)
 		if err != nil {
 			return sysErr("openat2", err)
 		}
