@@ -169,6 +169,22 @@ func entryFromMount(m *Mount) *mnt.MntEntry {
 
 var marshal = proto.MarshalOptions{Deterministic: true}
 
+// MarshalMount is m as one record of a mountpoints image: the bytes of its
+// MntEntry, without the record's length.
+func MarshalMount(m Mount) ([]byte, error) { return marshal.Marshal(entryFromMount(&m)) }
+
+// UnmarshalMount reads a MarshalMount record.
+func UnmarshalMount(b []byte) (Mount, error) {
+	if len(b) > DefaultLimits.MaxRecord {
+		return Mount{}, fmt.Errorf("a mount record of %d bytes: %w (at most %d)", len(b), ErrTooLarge, DefaultLimits.MaxRecord)
+	}
+	var e mnt.MntEntry
+	if err := proto.Unmarshal(b, &e); err != nil {
+		return Mount{}, fmt.Errorf("a mount record: %w", err)
+	}
+	return mountFromEntry(&e), nil
+}
+
 func encodeAll[M proto.Message](t Type, file string, msgs []M) (*Image, error) {
 	img := &Image{File: file, Type: t, Records: make([][]byte, 0, len(msgs))}
 	for _, m := range msgs {

@@ -46,7 +46,9 @@ const (
 )
 
 // Manifest records a rewrite of an images directory. It is written before
-// any image changes and removed only after every original is back.
+// any image changes and removed only after every original is back. Version
+// 2 stores each helper mount as the record CRIU reads (its MntEntry);
+// version 1, which mntv2 still reads, stored them as Go structs.
 type Manifest struct {
 	Version int    `json:"version"`
 	Token   string `json:"token"` // names this rewrite, for its watcher
@@ -62,6 +64,70 @@ type Manifest struct {
 	Mode string `json:"mode,omitempty"`
 	// Kept are the mounts left to CRIU in reduce mode, and why.
 	Kept []KeptMount `json:"kept,omitempty"`
+}
+
+// ManifestVersion is the version of the manifests Rewrite writes.
+const ManifestVersion = 2
+
+// helperRecord is a helper mount in a version 2 manifest.
+type helperRecord struct {
+	NS    uint32 `json:"ns"`
+	Group uint32 `json:"group"`
+	Entry []byte `json:"mnt_entry"` // as a record of mountpoints-<ns>.img
+}
+
+// MarshalJSON writes m in the format of its Version.
+func (m *Manifest) MarshalJSON() ([]byte, error) {
+	type plain Manifest
+	if m.Version < 2 {
+		return json.Marshal((*plain)(m))
+	}
+	out := struct {
+		*plain
+		Helpers []helperRecord `json:"helpers,omitempty"`
+	}{plain: (*plain)(m)}
+	for _, h := range m.Helpers {
+		b, err := images.MarshalMount(forest.ToImageMount(&h.Mount))
+		if err != nil {
+			return nil, err
+		}
+		out.Helpers = append(out.Helpers, helperRecord{NS: h.NS, Group: h.Group, Entry: b})
+	}
+	return json.Marshal(out)
+}
+
+// UnmarshalJSON reads a manifest of version 1 or 2.
+func (m *Manifest) UnmarshalJSON(data []byte) error {
+	type plain Manifest
+	var in struct {
+		*plain
+		Helpers json.RawMessage `json:"helpers,omitempty"`
+	}
+	in.plain = (*plain)(m)
+	if err := json.Unmarshal(data, &in); err != nil {
+		return err
+	}
+	m.Helpers = nil
+	switch {
+	case m.Version > ManifestVersion:
+		return fmt.Errorf("version %d, of a newer mntv2 (this one reads 1 to %d)", m.Version, ManifestVersion)
+	case len(in.Helpers) == 0:
+	case m.Version < 2:
+		return json.Unmarshal(in.Helpers, &m.Helpers)
+	default:
+		var recs []helperRecord
+		if err := json.Unmarshal(in.Helpers, &recs); err != nil {
+			return err
+		}
+		for _, r := range recs {
+			e, err := images.UnmarshalMount(r.Entry)
+			if err != nil {
+				return fmt.Errorf("helper of group %d: %w", r.Group, err)
+			}
+			m.Helpers = append(m.Helpers, restore.HelperMount{NS: r.NS, Group: r.Group, Mount: forest.FromImageMount(&e)})
+		}
+	}
+	return nil
 }
 
 // KeptMount is a mount left to CRIU in reduce mode.
@@ -188,7 +254,7 @@ func Rewrite(d *images.Dir, owner int, token string, opt RewriteOptions) (*Manif
 	if token == "" {
 		token = NewToken()
 	}
-	man := &Manifest{Version: 1, Token: token, Owner: owner, Mode: ModeStrip}
+	man := &Manifest{Version: ManifestVersion, Token: token, Owner: owner, Mode: ModeStrip}
 	var keep map[uint32]bool
 	if opt.Mode == ModeReduce {
 		var err error

@@ -3,6 +3,7 @@ package plugin
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -17,6 +18,7 @@ import (
 	"github.com/mntv2/mntv2/forest"
 	"github.com/mntv2/mntv2/images"
 	"github.com/mntv2/mntv2/internal/testns"
+	"github.com/mntv2/mntv2/restore"
 	"golang.org/x/sys/unix"
 )
 
@@ -328,5 +330,51 @@ func TestRewriteOriginalsAreTheImages(t *testing.T) {
 				t.Errorf("Originals differ from forest.ImageNamespaces:\n got %+v\nwant %+v", got[0], want[0])
 			}
 		})
+	}
+}
+
+// A manifest's helper mounts read back as they were written, from a
+// version 2 manifest (image records) and from a version 1 one (Go structs,
+// as mntv2 wrote them before); a newer version is refused.
+func TestManifestVersions(t *testing.T) {
+	// Peers /x and /y of a tmpfs and no mount of its root: a helper is
+	// needed (no real checkpoint has one: CRIU refuses to dump the tmpfs).
+	nm := forest.NamespaceMounts{ID: 1}
+	for _, m := range []forest.Mount{
+		{ID: 1, Dev: 8<<20 | 1, Root: "/", Mountpoint: "/", FSType: "ext4", Source: "/dev/vda", Flags: forest.Relatime},
+		{ID: 10, ParentID: 1, Dev: 47<<20 | 2, Root: "/a", Mountpoint: "/x", FSType: "tmpfs", Source: "t", PeerGroup: 1, Flags: forest.Relatime | forest.NoSuid},
+		{ID: 11, ParentID: 1, Dev: 47<<20 | 2, Root: "/b", Mountpoint: "/y", FSType: "tmpfs", Source: "t", PeerGroup: 1, Flags: forest.Relatime},
+	} {
+		e := forest.ToImageMount(&m)
+		nm.Mounts = append(nm.Mounts, forest.FromImageMount(&e))
+	}
+	f, err := forest.Build([]forest.NamespaceMounts{nm})
+	if err != nil {
+		t.Fatal(err)
+	}
+	helpers, err := restore.LiveHelpers(f)
+	if err != nil || len(helpers) != 1 {
+		t.Fatalf("LiveHelpers: %v, %v", helpers, err)
+	}
+	for _, version := range []int{1, 2} {
+		man := &Manifest{Version: version, Token: "t", Owner: 1, Mode: ModeReduce, Helpers: helpers}
+		data, err := json.Marshal(man)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if version == 2 && !strings.Contains(string(data), `"mnt_entry"`) {
+			t.Errorf("version 2 does not store image records: %s", data)
+		}
+		var got Manifest
+		if err := json.Unmarshal(data, &got); err != nil {
+			t.Fatalf("version %d: %v", version, err)
+		}
+		if !reflect.DeepEqual(got.Helpers, helpers) {
+			t.Errorf("version %d: helpers read back differ:\n got %+v\nwant %+v", version, got.Helpers, helpers)
+		}
+	}
+	var got Manifest
+	if err := json.Unmarshal([]byte(`{"version":3}`), &got); err == nil || !strings.Contains(err.Error(), "newer mntv2") {
+		t.Errorf("version 3: %v", err)
 	}
 }
