@@ -3,7 +3,6 @@ package restore
 import (
 	"errors"
 	"fmt"
-	"path"
 	"strings"
 
 	"github.com/mntv2/mntv2/images"
@@ -83,28 +82,20 @@ func (a *applier) fillTmpfs(s Step) error {
 	return nil
 }
 
-// indexHandles reads from the plan, for each handle, the new superblock it
-// is a bind of (NoHandle if none), its root in it, and whether that root
-// is surely a directory (the root of a new superblock, or a bind of the
-// whole of one that is).
+// indexHandles reads from the plan what the applier needs of its handles.
 func (a *applier) indexHandles() {
-	n := len(a.plan.Handles)
-	a.kind, a.sbOf, a.rootIn, a.sbOptions = make([]kind, n), make([]Handle, n), make([]string, n), map[Handle]string{}
-	for i := range a.sbOf {
-		a.sbOf[i] = NoHandle
+	ix := indexHandles(a.plan)
+	a.kind, a.sbOf, a.rootIn, a.sbOptions = ix.kind, ix.sbOf, ix.rootIn, ix.sbOptions
+}
+
+// mountpointsIn lists the mountpoints the extraction into superblock sb
+// makes first (premadeMountpoints, from the kinds known at the first fill;
+// one pass over the plan serves every superblock).
+func (a *applier) mountpointsIn(sb Handle) []string {
+	if a.premade == nil {
+		a.premade = premadeMountpoints(a.plan, handleIndex{kind: a.kind, sbOf: a.sbOf, rootIn: a.rootIn})
 	}
-	for _, s := range a.plan.Steps {
-		switch s.Op {
-		case OpNewSuperblock:
-			a.sbOf[s.Handle], a.kind[s.Handle] = s.Handle, kindDir
-			a.sbOptions[s.Handle] = s.Options
-		case OpBind:
-			a.sbOf[s.Handle], a.rootIn[s.Handle] = a.sbOf[s.From], path.Join(a.rootIn[s.From], s.Path)
-			if s.Path == "" {
-				a.kind[s.Handle] = a.kind[s.From]
-			}
-		}
-	}
+	return a.premade[sb]
 }
 
 // fillFor is the extraction into the superblock of a handle's mount.
@@ -114,38 +105,3 @@ func (a *applier) fillFor(h Handle) *fill {
 	}
 	return nil
 }
-
-// mountpointsIn lists, in plan order, the one-component mountpoints of
-// directory mounts attached on the root of superblock sb: the extraction
-// makes them first (see fill). One pass over the plan serves every
-// superblock.
-func (a *applier) mountpointsIn(sb Handle) []string {
-	if a.premade == nil {
-		a.premade = map[Handle][]string{}
-		seen := map[Handle]map[string]bool{}
-		for _, s := range a.plan.Steps {
-			if s.Op != OpAttach || s.Persistent || s.Path == "" || s.Path == "." || s.Path == ".." ||
-				strings.Contains(s.Path, "/") || a.sbOf[s.Parent] == NoHandle || a.rootIn[s.Parent] != "" ||
-				a.kind[s.Handle] != kindDir {
-				continue
-			}
-			in := a.sbOf[s.Parent]
-			if seen[in] == nil {
-				seen[in] = map[string]bool{}
-			}
-			if !seen[in][s.Path] {
-				seen[in][s.Path] = true
-				a.premade[in] = append(a.premade[in], s.Path)
-			}
-		}
-	}
-	return a.premade[sb]
-}
-
-type kind int8
-
-const (
-	kindUnknown kind = iota
-	kindDir
-	kindOther
-)
