@@ -14,6 +14,17 @@ import (
 // and the directory is fsynced. A reader sees the old or the new file, never
 // a mix.
 func (d *Dir) WriteFile(name string, data []byte, perm os.FileMode) error {
+	if err := d.WriteFileUnsynced(name, data, perm); err != nil {
+		return err
+	}
+	return d.Sync()
+}
+
+// WriteFileUnsynced is WriteFile without the directory's fsync: the new
+// file's bytes are on disk, its name may not be until the caller syncs the
+// directory (one Sync then serves several writes, or none where either
+// name is fine after a crash).
+func (d *Dir) WriteFileUnsynced(name string, data []byte, perm os.FileMode) error {
 	if err := checkName(name); err != nil {
 		return err
 	}
@@ -46,7 +57,7 @@ func (d *Dir) WriteFile(name string, data []byte, perm os.FileMode) error {
 		return &os.PathError{Op: "rename", Path: full, Err: err}
 	}
 	ok = true
-	return d.Sync()
+	return nil
 }
 
 // WriteImage writes an image with WriteFile.

@@ -311,7 +311,9 @@ func Rewrite(d *images.Dir, owner int, token string, opt RewriteOptions) (*Manif
 		return nil, err
 	}
 	data, _ := json.MarshalIndent(man, "", "  ")
-	if err := d.WriteFile(ManifestName, data, 0o600); err != nil {
+	// Its name is made durable with the links' below (one fsync of the
+	// directory for both), before any image changes.
+	if err := d.WriteFileUnsynced(ManifestName, data, 0o600); err != nil {
 		if errors.Is(err, unix.EROFS) || errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
 			return nil, fmt.Errorf("%w: %v", ErrReadOnly, err)
 		}
@@ -334,7 +336,10 @@ func Rewrite(d *images.Dir, owner int, token string, opt RewriteOptions) (*Manif
 		if err := fail("rewrite " + fr.Name); err != nil {
 			return man, err
 		}
-		if err := d.WriteFile(fr.Name, rewritten[fr.Name], 0o600); err != nil {
+		// No fsync of the directory after: crashed before the new name
+		// is durable, the original is there under both names, and
+		// Recover drops the second.
+		if err := d.WriteFileUnsynced(fr.Name, rewritten[fr.Name], 0o600); err != nil {
 			return man, undo(d, fmt.Errorf("rewrite %s: %w", fr.Name, err))
 		}
 	}
@@ -445,6 +450,9 @@ func Recover(d *images.Dir) (bool, error) {
 	}
 	if len(errs) > 0 {
 		return found, errors.Join(errs...)
+	}
+	if !found && man == nil && merr == nil {
+		return false, nil // nothing was here: nothing to make durable
 	}
 	if err := d.Sync(); err != nil {
 		return found, err
