@@ -52,7 +52,7 @@ const premadeBlock = 16
 
 // startFill starts extracting f into the new tmpfs at fd, after making
 // the directories premade; it owns f.
-func startFill(step int, name string, f *os.File, fd int, limit int64, premade []string, owner, idmap *images.IDMaps, asRoot bool) *fill {
+func startFill(step int, name string, f *os.File, fd int, limit int64, premade []string, owner, idmap, asRoot *images.IDMaps) *fill {
 	x := newExtraction(fd, limit)
 	x.owner, x.idmap = owner, idmap
 	fl := &fill{step: step, name: name, x: x,
@@ -65,8 +65,8 @@ func startFill(step int, name string, f *os.File, fd int, limit int64, premade [
 	for i := range fl.ready {
 		fl.ready[i] = make(chan struct{})
 	}
-	if asRoot && owner != nil {
-		fl.fsid = &[2]int{mapID(owner.UID, 0), mapID(owner.GID, 0)}
+	if asRoot != nil {
+		fl.fsid = &[2]int{mapID(asRoot.UID, 0), mapID(asRoot.GID, 0)}
 	}
 	go fl.run(f)
 	return fl

@@ -103,9 +103,12 @@ type Step struct {
 	// new-superblock: the superblock is owned by the user namespace that
 	// owns NS (Options.UserNS, or the live namespace's owner), as one the
 	// container made (CRIU makes every mount inside the root task's user
-	// namespace); fill-tmpfs: the superblock is so owned, and the
-	// extraction runs as the root of Owner (filesystem ids).
+	// namespace).
 	UserNS bool `json:"userns,omitempty"`
+
+	// AsRoot (fill-tmpfs): the superblock is owned by the user namespace
+	// of these maps, and the extraction runs as its root (filesystem ids).
+	AsRoot *images.IDMaps `json:"as_root,omitempty"`
 
 	Why string `json:"why"`
 }

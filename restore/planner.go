@@ -285,7 +285,7 @@ func (p *planner) newSuperblock(mounts []*forest.Mount) Handle {
 	p.add(s)
 	if p.hasContent(first) {
 		f := p.fill(src, dev)
-		ownedFill(&f, s)
+		ownedFill(&f, s, first)
 		p.add(f)
 	}
 	return src

@@ -76,7 +76,7 @@ func (a *applier) fillTmpfs(s Step) error {
 	if l := tmpfsSizeLimit(a.sbOptions[s.Handle]); l > 0 {
 		limit = l
 	}
-	fl := startFill(a.step, name, f, a.fds[s.Handle], limit, a.mountpointsIn(s.Handle), s.Owner, s.IDMap, s.UserNS)
+	fl := startFill(a.step, name, f, a.fds[s.Handle], limit, a.mountpointsIn(s.Handle), s.Owner, s.IDMap, s.AsRoot)
 	a.fills = append(a.fills, fl)
 	a.fillOf[s.Handle] = fl
 	return nil

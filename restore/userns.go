@@ -53,11 +53,12 @@ func (p *planner) ownedSuperblock(s *Step, mounts []*forest.Mount) {
 }
 
 // ownedFill makes fill step s of a superblock that new-superblock step sb
-// makes owned by a user namespace extract as that namespace's root: the
-// kernel makes no inode there for an id it does not map.
-func ownedFill(s *Step, sb Step) {
-	if sb.UserNS && s.Owner != nil {
-		s.UserNS = true
+// makes owned by a user namespace (that of first's namespace) extract as
+// that namespace's root: the kernel makes no inode there for an id it does
+// not map.
+func ownedFill(s *Step, sb Step, first *forest.Mount) {
+	if sb.UserNS {
+		s.AsRoot = first.NS.Owner
 		s.Why += ", extracted as the root of the user namespace that owns it"
 	}
 }
