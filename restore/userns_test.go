@@ -18,16 +18,13 @@ func TestPlanOwnedSuperblocks(t *testing.T) {
 		UID: []images.IDExtent{{First: 0, Lower: 100000, Count: 65536}},
 		GID: []images.IDExtent{{First: 0, Lower: 200000, Count: 65536}},
 	}
-	nm := forest.NamespaceMounts{ID: 10, Owner: ct, OwnerKnown: true}
-	for _, m := range []forest.Mount{
+	nm := forest.NamespaceMounts{ID: 10, Owner: ct, OwnerKnown: true, Mounts: []forest.Mount{
 		{ID: 1, Dev: 8<<20 | 1, Root: "/", Mountpoint: "/", FSType: "ext4", Source: "/dev/vda", Flags: forest.Relatime},
 		{ID: 2, ParentID: 1, Dev: 47<<20 | 1, Root: "/", Mountpoint: "/tmp", FSType: "tmpfs", Source: "tmp", Options: "size=1024k,uid=0,gid=5,mode=1777"},
 		{ID: 3, ParentID: 1, Dev: 47<<20 | 2, Root: "/", Mountpoint: "/vol", FSType: "tmpfs", Source: "vol", IDMap: ct},
 		{ID: 4, ParentID: 1, Dev: 47<<20 | 3, Root: "/", Mountpoint: "/dev/pts", FSType: "devpts", Source: "devpts", Options: "gid=5,mode=620,ptmxmode=666"},
 		{ID: 5, ParentID: 1, Dev: 47<<20 | 4, Root: "/", Mountpoint: "/proc", FSType: "proc", Source: "proc"},
-	} {
-		nm.Mounts = append(nm.Mounts, m)
-	}
+	}}
 	f, err := forest.Build([]forest.NamespaceMounts{nm})
 	if err != nil {
 		t.Fatal(err)
