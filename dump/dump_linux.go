@@ -113,10 +113,22 @@ func Dump(pid int, dir string, opt Options) (*Summary, error) {
 	}
 	imgs = append(imgs, img)
 	sum := &Summary{Tasks: len(tasks), Namespaces: order}
+	// The root task's user namespace, when it has one of its own: CRIU
+	// writes superblock ids and tmpfs owners as it shows them.
+	var view *images.IDMaps
+	for _, nm := range input {
+		if nm.ID == nsID[tasks[0].nsIno] {
+			view = nm.Owner
+		}
+	}
 	for _, ns := range f.Namespaces {
 		var mounts []images.Mount
 		_ = ns.Walk(func(m *forest.Mount) error {
-			mounts = append(mounts, forest.ToImageMount(m))
+			e := forest.ToImageMount(m)
+			if view != nil {
+				e.Options = containerOptions(e.Options, view)
+			}
+			mounts = append(mounts, e)
 			return nil
 		})
 		sum.Mounts += len(mounts)
@@ -144,13 +156,27 @@ func Dump(pid int, dir string, opt Options) (*Summary, error) {
 		return nil, err
 	}
 	if opt.TmpfsContent {
-		n, err := writeTmpfsContent(f, nsPid, d)
+		n, err := writeTmpfsContent(f, nsPid, d, view)
 		if err != nil {
 			return nil, err
 		}
 		sum.Tmpfs = n
 	}
 	return sum, d.Sync()
+}
+
+// containerOptions writes the uid= and gid= of superblock options as the
+// user namespace of maps view shows them (criu/proc_parse.c sb_opt_cb).
+func containerOptions(opts string, view *images.IDMaps) string {
+	parts := strings.Split(opts, ",")
+	for i, o := range parts {
+		key, val, _ := strings.Cut(o, "=")
+		es := map[string][]images.IDExtent{"uid": view.UID, "gid": view.GID}[key]
+		if id, err := strconv.ParseUint(val, 10, 32); es != nil && err == nil {
+			parts[i] = key + "=" + strconv.Itoa(containerID(es, int(id)))
+		}
+	}
+	return strings.Join(parts, ",")
 }
 
 // processTree lists pid and its descendants, parents first.

@@ -21,8 +21,9 @@ import (
 // CRIU does: the content of the superblock, read through private clones of
 // its mounts (a clone has no submounts, so what mounts hide is included).
 // When no mount shows the superblock's root, the archive holds what the
-// mounts show, at their roots' paths.
-func writeTmpfsContent(f *forest.Forest, nsPid map[uint32]int, d *images.Dir) (int, error) {
+// mounts show, at their roots' paths. view, when set, is the maps of the
+// root task's user namespace: owners are written as it shows them.
+func writeTmpfsContent(f *forest.Forest, nsPid map[uint32]int, d *images.Dir, view *images.IDMaps) (int, error) {
 	bySB := map[uint32][]*forest.Mount{}
 	var devs []uint32
 	for _, ns := range f.Namespaces {
@@ -47,7 +48,7 @@ func writeTmpfsContent(f *forest.Forest, nsPid map[uint32]int, d *images.Dir) (i
 			if slices.ContainsFunc(done, func(r string) bool { return r == "/" || m.Root == r || strings.HasPrefix(m.Root, r+"/") }) {
 				continue
 			}
-			ok, err := archiveMount(m, nsPid[m.NS.ID], tw)
+			ok, err := archiveMount(m, nsPid[m.NS.ID], tw, view)
 			if err != nil {
 				return 0, fmt.Errorf("tmpfs content of %s (mount %d): %w", m.Mountpoint, m.ID, err)
 			}
@@ -71,7 +72,7 @@ func writeTmpfsContent(f *forest.Forest, nsPid map[uint32]int, d *images.Dir) (i
 // archiveMount adds the content of mount m to tw, read through a clone made
 // inside its namespace. It reports false when m cannot be reached by its
 // mountpoint (something covers it).
-func archiveMount(m *forest.Mount, pid int, tw *tar.Writer) (bool, error) {
+func archiveMount(m *forest.Mount, pid int, tw *tar.Writer, view *images.IDMaps) (bool, error) {
 	nsfd, err := unix.Open(fmt.Sprintf("/proc/%d/ns/mnt", pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return false, err
@@ -124,14 +125,14 @@ func archiveMount(m *forest.Mount, pid int, tw *tar.Writer) (bool, error) {
 	if err := unix.Statx(clone, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &stx); err != nil {
 		return false, err
 	}
-	w := &archiver{tw: tw, links: map[[2]uint64]string{}, mnt: stx.Mnt_id}
+	w := &archiver{tw: tw, links: map[[2]uint64]string{}, mnt: stx.Mnt_id, view: view}
 	var st unix.Stat_t
 	if err := unix.Fstat(clone, &st); err != nil {
 		return false, err
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
 		// A file mount: archive the file (other kinds carry no content).
-		h := header(prefix, tar.TypeReg, &st)
+		h := w.header(prefix, tar.TypeReg, &st)
 		if st.Mode&unix.S_IFMT != unix.S_IFREG {
 			h.Size = 0
 			return true, tw.WriteHeader(h)
@@ -214,6 +215,7 @@ type archiver struct {
 	mnt   uint64 // the mount being read; a clone has no submounts, in place it may
 	tw    *tar.Writer
 	links map[[2]uint64]string // (dev, ino) of files with nlink > 1 -> first name
+	view  *images.IDMaps       // see writeTmpfsContent
 }
 
 // dir archives the directory fd as name, and everything below it.
@@ -223,7 +225,7 @@ func (w *archiver) dir(fd int, name string, withSelf bool) error {
 		return err
 	}
 	if withSelf {
-		if err := w.tw.WriteHeader(header(name+"/", tar.TypeDir, &st)); err != nil {
+		if err := w.tw.WriteHeader(w.header(name+"/", tar.TypeDir, &st)); err != nil {
 			return err
 		}
 	}
@@ -259,7 +261,7 @@ func (w *archiver) entry(dirfd int, base, name string) error {
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFDIR:
 		if submount {
-			return w.tw.WriteHeader(header(name+"/", tar.TypeDir, &st)) // a mountpoint: not its content
+			return w.tw.WriteHeader(w.header(name+"/", tar.TypeDir, &st)) // a mountpoint: not its content
 		}
 		fd, err := unix.Openat(dirfd, base, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
@@ -273,13 +275,13 @@ func (w *archiver) entry(dirfd int, base, name string) error {
 		if err != nil {
 			return err
 		}
-		h := header(name, tar.TypeSymlink, &st)
+		h := w.header(name, tar.TypeSymlink, &st)
 		h.Linkname = string(buf[:n])
 		return w.tw.WriteHeader(h)
 	case unix.S_IFREG:
 		key := [2]uint64{st.Dev, st.Ino}
 		if first, ok := w.links[key]; ok {
-			h := header(name, tar.TypeLink, &st)
+			h := w.header(name, tar.TypeLink, &st)
 			h.Linkname = first
 			return w.tw.WriteHeader(h)
 		}
@@ -292,7 +294,7 @@ func (w *archiver) entry(dirfd int, base, name string) error {
 		}
 		f := os.NewFile(uintptr(fd), name)
 		defer f.Close()
-		h := header(name, tar.TypeReg, &st)
+		h := w.header(name, tar.TypeReg, &st)
 		h.Size = st.Size
 		if submount {
 			h.Size = 0 // a file mountpoint: not the mounted file's content
@@ -305,11 +307,34 @@ func (w *archiver) entry(dirfd int, base, name string) error {
 		return err
 	case unix.S_IFCHR, unix.S_IFBLK, unix.S_IFIFO:
 		kind := map[uint32]byte{unix.S_IFCHR: tar.TypeChar, unix.S_IFBLK: tar.TypeBlock, unix.S_IFIFO: tar.TypeFifo}[st.Mode&unix.S_IFMT]
-		h := header(name, kind, &st)
+		h := w.header(name, kind, &st)
 		h.Devmajor, h.Devminor = int64(unix.Major(st.Rdev)), int64(unix.Minor(st.Rdev))
 		return w.tw.WriteHeader(h)
 	}
 	return nil // sockets are not archived, as with tar
+}
+
+// header is the tar header of an entry, its owners as the root task's
+// user namespace shows them (w.view), as CRIU's tar run inside it writes
+// them.
+func (w *archiver) header(name string, kind byte, st *unix.Stat_t) *tar.Header {
+	h := header(name, kind, st)
+	if w.view != nil {
+		h.Uid, h.Gid = containerID(w.view.UID, h.Uid), containerID(w.view.GID, h.Gid)
+	}
+	return h
+}
+
+// containerID is the id a user namespace with extents es shows for id of
+// this one (Lower+k there is First+k), the overflow id for one it does not
+// map.
+func containerID(es []images.IDExtent, id int) int {
+	for _, e := range es {
+		if id >= int(e.Lower) && id-int(e.Lower) < int(e.Count) {
+			return int(e.First) + id - int(e.Lower)
+		}
+	}
+	return 65534
 }
 
 func header(name string, kind byte, st *unix.Stat_t) *tar.Header {
