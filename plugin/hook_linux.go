@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/mntv2/mntv2/images"
+	"github.com/mntv2/mntv2/internal/proctree"
+	"golang.org/x/sys/unix"
 )
 
 // Environment of the hook. CRIU sets the CRTOOLS_* ones; the MNTV2_* ones
@@ -150,21 +152,29 @@ func Hook(getenv func(string) string, s Settings, log *slog.Logger) error {
 // (pid criu) has died since it ran the action; pre, when set, is what a
 // resident pre-restore kept.
 func postRestoreAction(d *images.Dir, getenv func(string) string, s Settings, log *slog.Logger, gone func() bool, criu int, pre *rewritten) error {
+	pid, perr := strconv.Atoi(getenv(EnvInitPID))
+	// The restored tree, held while CRIU is alive (its pids cannot be
+	// another's then): if CRIU dies before it resumes them, its tasks
+	// wait in CRIU's restorer forever, and are ended.
+	var tree *stuckTree
+	if perr == nil && pid > 0 {
+		tree = holdTree(pid)
+		defer tree.release()
+	}
 	if pause := pauseAt(getenv("MNTV2_TEST_PAUSE"), log, s.Stop); pause != nil {
 		_ = pause("post-restore")
 	}
 	if gone() {
 		// CRIU died while this ran (its watcher puts the images back):
-		// the restore is over, and its tasks are not to be touched.
-		return fmt.Errorf("post-restore: CRIU (pid %d) is gone: not finishing its restore", criu)
+		// the restore is over.
+		return fmt.Errorf("post-restore: CRIU (pid %d) is gone: not finishing its restore%s", criu, tree.kill())
 	}
-	pid, err := strconv.Atoi(getenv(EnvInitPID))
-	if err != nil || pid <= 0 {
+	if perr != nil || pid <= 0 {
 		return fmt.Errorf("post-restore: %s=%q is not a pid", EnvInitPID, getenv(EnvInitPID))
 	}
 	rep, err := postRestore(d, pid, s.Config, pre)
 	if err != nil && gone() {
-		err = fmt.Errorf("CRIU (pid %d) is gone: not finishing its restore (rolled back: %w)", criu, err)
+		err = fmt.Errorf("CRIU (pid %d) is gone: not finishing its restore (rolled back: %w)%s", criu, err, tree.kill())
 	}
 	if s.ReportFile != "" {
 		writeReport(s.ReportFile, rep, err, log)
@@ -173,6 +183,45 @@ func postRestoreAction(d *images.Dir, getenv func(string) string, s Settings, lo
 		return fmt.Errorf("post-restore: %w", err)
 	}
 	return nil
+}
+
+// stuckTree is a restored process tree by pidfds, opened while CRIU, its
+// parent, is alive.
+type stuckTree struct{ fds []int }
+
+func holdTree(root int) *stuckTree {
+	t := &stuckTree{}
+	pids, _ := proctree.Walk(root)
+	for _, p := range pids {
+		if fd, err := unix.PidfdOpen(p, 0); err == nil {
+			t.fds = append(t.fds, fd)
+		}
+	}
+	return t
+}
+
+// kill ends the tree's tasks (CRIU never resumed them) and says so, for
+// the error.
+func (t *stuckTree) kill() string {
+	if t == nil || len(t.fds) == 0 {
+		return ""
+	}
+	n := 0
+	for _, fd := range t.fds {
+		if unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0) == nil {
+			n++
+		}
+	}
+	return fmt.Sprintf("; its %d restored tasks, never resumed, were killed", n)
+}
+
+func (t *stuckTree) release() {
+	if t == nil {
+		return
+	}
+	for _, fd := range t.fds {
+		unix.Close(fd)
+	}
 }
 
 // PreRestore rewrites the images for the CRIU process owner and starts a

@@ -27,11 +27,14 @@ kill_tree() {
 # Digest of the images directory: every file name and its bytes.
 digest() { (cd "$1" && find . -type f | LC_ALL=C sort | xargs sha256sum) | sha256sum | cut -c1-16; }
 
-# Processes whose root is dir: what a restore of it left running.
+# Processes whose root is dir: what a restore of it left running. By the
+# root's identity (device and inode), not its path: a restored task's root
+# is a mount of its own namespace, which /proc/PID/root names "/" from here.
 tasks_in() {
-	local dir=$1 p
+	local dir=$1 p want
+	want=$(stat -L -c %d:%i "$dir") || return 0
 	for p in /proc/[0-9]*; do
-		[ "$(readlink "$p/root" 2>/dev/null)" = "$dir" ] && echo "${p#/proc/}"
+		[ "$(stat -L -c %d:%i "$p/root" 2>/dev/null)" = "$want" ] && echo "${p#/proc/}"
 	done
 	return 0
 }
