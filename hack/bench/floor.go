@@ -59,6 +59,23 @@ func inFreshNamespace(fn func() error) error {
 	return <-errc
 }
 
+// inTmpfsBox runs fn, as inFreshNamespace does, on a new temporary
+// directory with a tmpfs of its own mounted there (removed after).
+func inTmpfsBox(prefix string, fn func(box string) error) error {
+	return inFreshNamespace(func() error {
+		box, err := os.MkdirTemp("", prefix)
+		if err != nil {
+			return err
+		}
+		defer os.Remove(box)
+		if err := unix.Mount("floor", box, "tmpfs", 0, ""); err != nil {
+			return err
+		}
+		defer unix.Unmount(box, unix.MNT_DETACH)
+		return fn(box)
+	})
+}
+
 func procFd(fd int) string { return "/proc/thread-self/fd/" + strconv.Itoa(fd) }
 
 // fullFloor does, in a minimal loop, what a full restore's syscalls do:
@@ -159,16 +176,7 @@ func sharing(ms []int, setGroup, prop int) {
 // move_mounts of peeling, set-group and propagation changes.
 func hookFloor(c counts, extraMoves int) (time.Duration, error) {
 	var el time.Duration
-	err := inFreshNamespace(func() error {
-		box, err := os.MkdirTemp("", "mntv2-hookfloor-")
-		if err != nil {
-			return err
-		}
-		defer os.Remove(box)
-		if err := unix.Mount("floor", box, "tmpfs", 0, ""); err != nil {
-			return err
-		}
-		defer unix.Unmount(box, unix.MNT_DETACH)
+	err := inTmpfsBox("mntv2-hookfloor-", func(box string) error {
 		n := max(c.openLive, 1)
 		for i := 0; i < n; i++ {
 			p := filepath.Join(box, "m"+strconv.Itoa(i))

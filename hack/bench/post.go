@@ -254,16 +254,7 @@ type floorRun struct {
 // the propagation changes and mount_setattr calls, and the closes.
 func completeFloor(c liveOps, archives []string) (floorRun, error) {
 	var fr floorRun
-	err := inFreshNamespace(func() error {
-		box, err := os.MkdirTemp("", "mntv2-postfloor-")
-		if err != nil {
-			return err
-		}
-		defer os.Remove(box)
-		if err := unix.Mount("floor", box, "tmpfs", 0, ""); err != nil {
-			return err
-		}
-		defer unix.Unmount(box, unix.MNT_DETACH)
+	err := inTmpfsBox("mntv2-postfloor-", func(box string) error {
 		boxfd, err := unix.Open(box, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return err
