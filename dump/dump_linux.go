@@ -126,7 +126,7 @@ func Dump(pid int, dir string, opt Options) (*Summary, error) {
 		_ = ns.Walk(func(m *forest.Mount) error {
 			e := forest.ToImageMount(m)
 			if view != nil {
-				e.Options = containerOptions(e.Options, view)
+				e.Options = view.MapOptionIDs(e.Options, containerID)
 			}
 			mounts = append(mounts, e)
 			return nil
@@ -163,20 +163,6 @@ func Dump(pid int, dir string, opt Options) (*Summary, error) {
 		sum.Tmpfs = n
 	}
 	return sum, d.Sync()
-}
-
-// containerOptions writes the uid= and gid= of superblock options as the
-// user namespace of maps view shows them (criu/proc_parse.c sb_opt_cb).
-func containerOptions(opts string, view *images.IDMaps) string {
-	parts := strings.Split(opts, ",")
-	for i, o := range parts {
-		key, val, _ := strings.Cut(o, "=")
-		es := map[string][]images.IDExtent{"uid": view.UID, "gid": view.GID}[key]
-		if id, err := strconv.ParseUint(val, 10, 32); es != nil && err == nil {
-			parts[i] = key + "=" + strconv.Itoa(containerID(es, int(id)))
-		}
-	}
-	return strings.Join(parts, ",")
 }
 
 // processTree lists pid and its descendants, parents first.

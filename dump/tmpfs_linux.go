@@ -326,15 +326,12 @@ func (w *archiver) header(name string, kind byte, st *unix.Stat_t) *tar.Header {
 }
 
 // containerID is the id a user namespace with extents es shows for id of
-// this one (Lower+k there is First+k), the overflow id for one it does not
-// map.
+// this one, the overflow id for one it does not map.
 func containerID(es []images.IDExtent, id int) int {
-	for _, e := range es {
-		if id >= int(e.Lower) && id-int(e.Lower) < int(e.Count) {
-			return int(e.First) + id - int(e.Lower)
-		}
+	if v, ok := images.FromParent(es, id); ok {
+		return v
 	}
-	return 65534
+	return images.OverflowID
 }
 
 func header(name string, kind byte, st *unix.Stat_t) *tar.Header {

@@ -23,7 +23,7 @@ func TestContainerIDs(t *testing.T) {
 			t.Errorf("gid %d: %d, want %d", c.in, got, c.gid)
 		}
 	}
-	if got, want := containerOptions("rw,size=1024k,uid=100000,gid=200005,mode=1777,nr_inodes=7", view), "rw,size=1024k,uid=0,gid=5,mode=1777,nr_inodes=7"; got != want {
+	if got, want := view.MapOptionIDs("rw,size=1024k,uid=100000,gid=200005,mode=1777,nr_inodes=7", containerID), "rw,size=1024k,uid=0,gid=5,mode=1777,nr_inodes=7"; got != want {
 		t.Errorf("options: %q, want %q", got, want)
 	}
 }

@@ -2,6 +2,8 @@ package images
 
 import (
 	"fmt"
+	"strconv"
+	"strings"
 
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/fs"
@@ -72,6 +74,51 @@ type IDMaps struct {
 
 // String is the maps as /proc/PID/uid_map has them, on one line:
 // "u:0:100000:65536 g:0:100000:65536".
+// OverflowID is the id a user namespace shows for one it does not map
+// (/proc/sys/kernel/overflowuid's default).
+const OverflowID = 65534
+
+// ToParent is the id in the parent user namespace of id of a namespace with
+// extents es (First+k there is Lower+k here); OverflowID for one es does
+// not map.
+func ToParent(es []IDExtent, id int) int {
+	for _, e := range es {
+		if id >= int(e.First) && id-int(e.First) < int(e.Count) {
+			return int(e.Lower) + id - int(e.First)
+		}
+	}
+	return OverflowID
+}
+
+// FromParent is the id in a namespace with extents es of id of its parent
+// (Lower+k here is First+k there), and false for one es does not map.
+func FromParent(es []IDExtent, id int) (int, bool) {
+	for _, e := range es {
+		if id >= int(e.Lower) && id-int(e.Lower) < int(e.Count) {
+			return int(e.First) + id - int(e.Lower), true
+		}
+	}
+	return id, false
+}
+
+// MapOptionIDs rewrites the uid= and gid= of a superblock's options with f
+// of m's uid or gid extents (CRIU writes them as the root task's user
+// namespace shows them: criu/proc_parse.c sb_opt_cb).
+func (m IDMaps) MapOptionIDs(opts string, f func(es []IDExtent, id int) int) string {
+	if opts == "" {
+		return opts
+	}
+	parts := strings.Split(opts, ",")
+	for i, o := range parts {
+		key, val, _ := strings.Cut(o, "=")
+		es := map[string][]IDExtent{"uid": m.UID, "gid": m.GID}[key]
+		if id, err := strconv.ParseUint(val, 10, 32); es != nil && err == nil {
+			parts[i] = key + "=" + strconv.Itoa(f(es, int(id)))
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
 func (m IDMaps) String() string {
 	var b []byte
 	for _, part := range []struct {

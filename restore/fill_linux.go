@@ -66,7 +66,7 @@ func startFill(step int, name string, f *os.File, fd int, limit int64, premade [
 		fl.ready[i] = make(chan struct{})
 	}
 	if asRoot != nil {
-		fl.fsid = &[2]int{mapID(asRoot.UID, 0), mapID(asRoot.GID, 0)}
+		fl.fsid = &[2]int{images.ToParent(asRoot.UID, 0), images.ToParent(asRoot.GID, 0)}
 	}
 	go fl.run(f)
 	return fl

@@ -84,7 +84,7 @@ func (x *extraction) create(r io.Reader) error {
 		}
 		if x.owner != nil {
 			// Archived inside a user namespace: its ids.
-			hdr.Uid, hdr.Gid = mapID(x.owner.UID, hdr.Uid), mapID(x.owner.GID, hdr.Gid)
+			hdr.Uid, hdr.Gid = images.ToParent(x.owner.UID, hdr.Uid), images.ToParent(x.owner.GID, hdr.Gid)
 		}
 		if x.idmap != nil {
 			// Archived through an idmapped mount: the owners it shows.

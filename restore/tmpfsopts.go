@@ -37,30 +37,10 @@ func tmpfsSizeLimit(options string) int64 {
 	return 0
 }
 
-// overflowID is the id a user namespace shows for one it does not map
-// (/proc/sys/kernel/overflowuid's default).
-const overflowID = 65534
-
-// mapID is the id of this user namespace that id of a user namespace with
-// extents es is (First+k there is Lower+k here); one it does not map is
-// the overflow id, as the kernel shows it.
-func mapID(es []images.IDExtent, id int) int {
-	for _, e := range es {
-		if id >= int(e.First) && id-int(e.First) < int(e.Count) {
-			return int(e.Lower) + id - int(e.First)
-		}
-	}
-	return overflowID
-}
-
 // unmapID is the id on the filesystem that an idmapped mount with extents
 // es shows as id (the mount shows First+k as Lower+k); an id the mount
 // shows for none stays as it is.
 func unmapID(es []images.IDExtent, id int) int {
-	for _, e := range es {
-		if id >= int(e.Lower) && id-int(e.Lower) < int(e.Count) {
-			return int(e.First) + id - int(e.Lower)
-		}
-	}
-	return id
+	v, _ := images.FromParent(es, id)
+	return v
 }

@@ -4,8 +4,6 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
-	"strconv"
-	"strings"
 
 	"github.com/mntv2/mntv2/forest"
 	"github.com/mntv2/mntv2/images"
@@ -67,19 +65,10 @@ func ownedFill(s *Step, sb Step, first *forest.Mount) {
 // namespace's ids: CRIU writes them as the root task's user namespace sees
 // them, when it has one (criu/proc_parse.c sb_opt_cb, userns_uid).
 func (p *planner) hostIDs(opts string) string {
-	owner := p.rootMnt.NS.Owner
-	if !p.rootMnt.NS.OwnerKnown || owner == nil || opts == "" {
-		return opts
+	if owner := p.rootMnt.NS.Owner; p.rootMnt.NS.OwnerKnown && owner != nil {
+		return owner.MapOptionIDs(opts, images.ToParent)
 	}
-	parts := strings.Split(opts, ",")
-	for i, o := range parts {
-		key, val, _ := strings.Cut(o, "=")
-		es := map[string][]images.IDExtent{"uid": owner.UID, "gid": owner.GID}[key]
-		if id, err := strconv.ParseUint(val, 10, 32); es != nil && err == nil {
-			parts[i] = key + "=" + strconv.Itoa(mapID(es, int(id)))
-		}
-	}
-	return strings.Join(parts, ",")
+	return opts
 }
 
 // fill plans the tmpfs content of superblock dev (handle h) from its

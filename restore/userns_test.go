@@ -73,11 +73,11 @@ func TestPlanOwnedSuperblocks(t *testing.T) {
 	}
 	// The archive's ids, as CRIU's tar wrote them inside the container,
 	// land on the host's ids; through /vol's idmap, on the filesystem's.
-	for _, c := range []struct{ in, tmp, vol int }{{0, 100000, 0}, {1000, 101000, 1000}, {70000, overflowID, overflowID}} {
-		if got := mapID(tmp.Owner.UID, c.in); got != c.tmp {
+	for _, c := range []struct{ in, tmp, vol int }{{0, 100000, 0}, {1000, 101000, 1000}, {70000, images.OverflowID, images.OverflowID}} {
+		if got := images.ToParent(tmp.Owner.UID, c.in); got != c.tmp {
 			t.Errorf("uid %d in /tmp: %d, want %d", c.in, got, c.tmp)
 		}
-		if got := unmapID(vol.IDMap.UID, mapID(vol.Owner.UID, c.in)); got != c.vol {
+		if got := unmapID(vol.IDMap.UID, images.ToParent(vol.Owner.UID, c.in)); got != c.vol {
 			t.Errorf("uid %d in /vol: %d, want %d", c.in, got, c.vol)
 		}
 	}
