@@ -94,15 +94,15 @@ func (a *applier) unshareNewer() (int, error) {
 	})
 }
 
-// newerNamespace makes a mount namespace with make, which this thread is
+// newerNamespace makes a mount namespace with create, which this thread is
 // in when it returns, until it has an id above the base namespace's: the
 // kernel binds an nsfs file of a mount namespace (the pin) only into an
 // older namespace (fs/namespace.c mnt_ns_loop compares the ids). Linux 6.18
 // hands out namespace ids from per-CPU batches, so a namespace made later
 // on another CPU can get a smaller id; then it is made again on each CPU in
-// turn (a process make starts inherits the CPU too). This thread dies with
+// turn (a process create starts inherits the CPU too). This thread dies with
 // its worker, so its affinity does not matter afterwards.
-func (a *applier) newerNamespace(make func(try int) (int, error)) (int, error) {
+func (a *applier) newerNamespace(create func(try int) (int, error)) (int, error) {
 	base, baseErr := mntns.ID(a.baseNS)
 	var set unix.CPUSet
 	if err := unix.SchedGetaffinity(0, &set); err != nil {
@@ -115,7 +115,7 @@ func (a *applier) newerNamespace(make func(try int) (int, error)) (int, error) {
 		}
 	}
 	for try := 0; ; try++ {
-		nsfd, err := make(try)
+		nsfd, err := create(try)
 		if err != nil {
 			return -1, err
 		}
