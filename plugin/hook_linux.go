@@ -185,42 +185,47 @@ func postRestoreAction(d *images.Dir, getenv func(string) string, s Settings, lo
 	return nil
 }
 
-// stuckTree is a restored process tree by pidfds, opened while CRIU, its
-// parent, is alive.
-type stuckTree struct{ fds []int }
+// stuckTree is a restored process tree, held by a pidfd of its root
+// opened while CRIU, its parent, is alive: the pid is then the tree's, and
+// its children are found from it only when they are to be ended.
+type stuckTree struct {
+	root, fd int
+}
 
 func holdTree(root int) *stuckTree {
-	t := &stuckTree{}
-	pids, _ := proctree.Walk(root)
-	for _, p := range pids {
-		if fd, err := unix.PidfdOpen(p, 0); err == nil {
-			t.fds = append(t.fds, fd)
-		}
+	fd, err := unix.PidfdOpen(root, 0)
+	if err != nil {
+		return nil
 	}
-	return t
+	return &stuckTree{root: root, fd: fd}
 }
 
 // kill ends the tree's tasks (CRIU never resumed them) and says so, for
-// the error.
+// the error: its descendants while the root, alive, still holds them, then
+// the root.
 func (t *stuckTree) kill() string {
-	if t == nil || len(t.fds) == 0 {
+	if t == nil || unix.PidfdSendSignal(t.fd, 0, nil, 0) != nil {
 		return ""
 	}
+	pids, _ := proctree.Walk(t.root)
 	n := 0
-	for _, fd := range t.fds {
-		if unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0) == nil {
-			n++
+	for _, p := range pids[min(1, len(pids)):] {
+		if fd, err := unix.PidfdOpen(p, 0); err == nil {
+			if unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0) == nil {
+				n++
+			}
+			unix.Close(fd)
 		}
+	}
+	if unix.PidfdSendSignal(t.fd, unix.SIGKILL, nil, 0) == nil {
+		n++
 	}
 	return fmt.Sprintf("; its %d restored tasks, never resumed, were killed", n)
 }
 
 func (t *stuckTree) release() {
-	if t == nil {
-		return
-	}
-	for _, fd := range t.fds {
-		unix.Close(fd)
+	if t != nil {
+		unix.Close(t.fd)
 	}
 }
 
