@@ -29,21 +29,16 @@ func restoreStripped(t *testing.T, fixture string) ([]forest.NamespaceMounts, ma
 // reducing pre-restore; it also returns the kept set.
 func restoreReduced(t *testing.T, fixture string) ([]forest.NamespaceMounts, map[uint32]string, map[restore.MountRef]string) {
 	t.Helper()
-	d := openDir(t, filepath.Join(fixtures, fixture, "images"))
-	f, err := forest.FromImages(d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rootNS, _, _ := d.RootMountNamespace()
-	red := restore.Reduce(f, rootNS, nil, nil)
+	_, red := reduceFixture(t, fixture)
 	if red.Dropped == 0 {
 		t.Fatalf("%s: Reduce leaves every mount to CRIU", fixture)
 	}
 	return restoreAs(t, fixture, red.Kept)
 }
 
-// reducedInput is what restoreReduced restores from, without restoring.
-func reducedInput(t *testing.T, fixture string) ([]forest.NamespaceMounts, *images.Dir, map[restore.MountRef]string) {
+// reduceFixture is a fixture's images and what restore.Reduce leaves of
+// them to CRIU when no record names a mount.
+func reduceFixture(t *testing.T, fixture string) (*images.Dir, restore.Reduction) {
 	t.Helper()
 	d := openDir(t, filepath.Join(fixtures, fixture, "images"))
 	f, err := forest.FromImages(d)
@@ -51,7 +46,13 @@ func reducedInput(t *testing.T, fixture string) ([]forest.NamespaceMounts, *imag
 		t.Fatal(err)
 	}
 	rootNS, _, _ := d.RootMountNamespace()
-	red := restore.Reduce(f, rootNS, nil, nil)
+	return d, restore.Reduce(f, rootNS, nil, nil)
+}
+
+// reducedInput is what restoreReduced restores from, without restoring.
+func reducedInput(t *testing.T, fixture string) ([]forest.NamespaceMounts, *images.Dir, map[restore.MountRef]string) {
+	t.Helper()
+	d, red := reduceFixture(t, fixture)
 	input, err := forest.ImageNamespaces(d)
 	if err != nil {
 		t.Fatal(err)
