@@ -191,7 +191,14 @@ func linkNamespace(ns *Namespace, p *problems) {
 	ns.Root = roots[0]
 	reached := make(map[*Mount]bool, len(ns.Mounts))
 	for _, m := range ns.Mounts {
-		slices.SortStableFunc(m.Children, func(a, b *Mount) int { return strings.Compare(a.Mountpoint, b.Mountpoint) })
+		// By mountpoint, then (mounts on one mountpoint are invalid
+		// siblings) by id: ids are unique in a namespace.
+		slices.SortFunc(m.Children, func(a, b *Mount) int {
+			if c := strings.Compare(a.Mountpoint, b.Mountpoint); c != 0 {
+				return c
+			}
+			return cmp.Compare(a.ID, b.ID)
+		})
 	}
 	_ = ns.Walk(func(m *Mount) error {
 		reached[m] = true

@@ -67,7 +67,8 @@ func (f Flags) String() string {
 // neither, which is strictatime.
 func ParseFlags(s string) Flags {
 	var f Flags
-	for _, w := range strings.Split(s, ",") {
+	for w, rest, more := "", s, true; more; {
+		w, rest, more = strings.Cut(rest, ",")
 		for _, fn := range flagNames {
 			if w == fn.name {
 				f |= fn.f

@@ -1,7 +1,6 @@
 package forest
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"strconv"
@@ -47,15 +46,32 @@ type info struct {
 }
 
 func parseMountinfo(r io.Reader) ([]*info, error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	var out []*info
-	for sc.Scan() {
-		line := sc.Text()
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return nil, err
+	}
+	// One string for the whole table: every field is a substring of it
+	// (a restore's verification parses thousands of lines).
+	all := string(data)
+	infos := make([]info, 0, strings.Count(all, "\n")+1)
+	var f []string
+	var at []int // where each field of f starts in its line
+	for len(all) > 0 {
+		line, rest, _ := strings.Cut(all, "\n")
+		all = rest
 		if line == "" {
 			continue
 		}
-		f := strings.Split(line, " ")
+		f, at = f[:0], at[:0]
+		for i := 0; ; {
+			j := strings.IndexByte(line[i:], ' ')
+			if j < 0 {
+				f, at = append(f, line[i:]), append(at, i)
+				break
+			}
+			f, at = append(f, line[i:i+j]), append(at, i)
+			i += j + 1
+		}
 		if len(f) < 10 {
 			return nil, fmt.Errorf("line %q: %d fields, want at least 10", line, len(f))
 		}
@@ -67,19 +83,30 @@ func parseMountinfo(r io.Reader) ([]*info, error) {
 		}
 		var n [4]int
 		major, minor, ok := strings.Cut(f[2], ":")
-		for i, v := range []string{f[0], f[1], major, minor} {
+		for i, v := range [4]string{f[0], f[1], major, minor} {
 			x, err := strconv.Atoi(v)
 			if err != nil || !ok {
 				return nil, fmt.Errorf("line %q: field %q is not a number", line, v)
 			}
 			n[i] = x
 		}
-		out = append(out, &info{ID: n[0], Parent: n[1], Major: n[2], Minor: n[3],
+		// Fields a to b-1, as strings.Join(f[a:b], " ") gives them.
+		join := func(a, b int) string {
+			if a >= b {
+				return ""
+			}
+			return line[at[a] : at[b-1]+len(f[b-1])]
+		}
+		infos = append(infos, info{ID: n[0], Parent: n[1], Major: n[2], Minor: n[3],
 			Root: unescape(f[3]), Mountpoint: unescape(f[4]), Options: f[5],
-			Optional: strings.Join(f[6:sep], " "), FSType: unescape(f[sep+1]), Source: unescape(f[sep+2]),
-			VFSOptions: strings.Join(f[sep+3:], " ")})
+			Optional: join(6, sep), FSType: unescape(f[sep+1]), Source: unescape(f[sep+2]),
+			VFSOptions: join(sep+3, len(f))})
 	}
-	return out, sc.Err()
+	out := make([]*info, len(infos))
+	for i := range infos {
+		out[i] = &infos[i]
+	}
+	return out, nil
 }
 
 // unescape undoes mountinfo's octal escapes (\040 for a space, \011,
@@ -112,8 +139,8 @@ func fromInfo(in *info) (Mount, error) {
 		Flags: ParseFlags(in.Options),
 		Dev:   uint32(in.Major)<<20 | uint32(in.Minor)&(1<<20-1),
 	}
-	for _, o := range strings.Split(in.Options, ",") {
-		if o == "idmapped" {
+	for o, rest, more := "", in.Options, true; more; {
+		if o, rest, more = strings.Cut(rest, ","); o == "idmapped" {
 			m.IDMap = &images.IDMaps{} // its maps: fillIDMaps
 		}
 	}
@@ -123,7 +150,10 @@ func fromInfo(in *info) (Mount, error) {
 			m.Root = "/"
 		}
 	}
-	for _, field := range strings.Fields(in.Optional) {
+	for field, rest, more := "", in.Optional, in.Optional != ""; more; {
+		if field, rest, more = strings.Cut(rest, " "); field == "" {
+			continue
+		}
 		tag, value, _ := strings.Cut(field, ":")
 		var dst *uint32
 		switch tag {
