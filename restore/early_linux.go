@@ -72,9 +72,14 @@ func (e *Early) Finish(live map[uint32]*LiveNamespace, check func() error, stop 
 	a := e.a
 	e.a = nil
 	a.opt.Live, a.opt.Check, a.opt.Stop = live, check, stop
+	// The mounts are done with once verified: their fds are closed after
+	// Finish returns, as CRIU resumes the tasks.
+	a.closeLater = true
 	defer func() {
 		if err != nil {
 			a.rollback()
+		} else {
+			a.closeAsync = true
 		}
 		a.release()
 	}()

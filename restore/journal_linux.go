@@ -131,6 +131,11 @@ func (a *applier) release() {
 		unix.Close(c.Dirfd)
 	}
 	a.created = nil
+	if a.closeAsync {
+		fds := a.fds
+		a.fds = nil
+		go closeAll(fds)
+	}
 	for i, fd := range a.fds {
 		if fd >= 0 {
 			unix.Close(fd)
@@ -152,6 +157,15 @@ func (a *applier) release() {
 	}
 	a.openers = map[uint64]*nsexec.Opener{}
 	for _, fd := range []int{a.baseNS, a.pinDir, a.rootLock, a.userNS} {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
+}
+
+// closeAll closes the fds that are not -1.
+func closeAll(fds []int) {
+	for _, fd := range fds {
 		if fd >= 0 {
 			unix.Close(fd)
 		}
