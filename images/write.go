@@ -25,6 +25,18 @@ func (d *Dir) WriteFile(name string, data []byte, perm os.FileMode) error {
 // directory (one Sync then serves several writes, or none where either
 // name is fine after a crash).
 func (d *Dir) WriteFileUnsynced(name string, data []byte, perm os.FileMode) error {
+	return d.writeFile(name, data, perm, true)
+}
+
+// WriteFileNoSync is WriteFileUnsynced without the file's fsync either: a
+// reader sees the old or the new file, but after a crash the new one may
+// have lost its bytes. For files a recovery does without (each fsync is a
+// journal commit, which waits for whatever else the filesystem writes).
+func (d *Dir) WriteFileNoSync(name string, data []byte, perm os.FileMode) error {
+	return d.writeFile(name, data, perm, false)
+}
+
+func (d *Dir) writeFile(name string, data []byte, perm os.FileMode, sync bool) error {
 	if err := checkName(name); err != nil {
 		return err
 	}
@@ -47,8 +59,10 @@ func (d *Dir) WriteFileUnsynced(name string, data []byte, perm os.FileMode) erro
 	if _, err := f.Write(data); err != nil {
 		return &os.PathError{Op: "write", Path: full, Err: err}
 	}
-	if err := f.Sync(); err != nil {
-		return &os.PathError{Op: "fsync", Path: full, Err: err}
+	if sync {
+		if err := f.Sync(); err != nil {
+			return &os.PathError{Op: "fsync", Path: full, Err: err}
+		}
 	}
 	if err := f.Close(); err != nil {
 		return &os.PathError{Op: "close", Path: full, Err: err}

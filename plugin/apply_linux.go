@@ -43,7 +43,8 @@ type Report struct {
 // the mounts CRIU was not given (reduce mode), applies the sharing of
 // every restored mount namespace and verifies it.
 func PostRestore(d *images.Dir, root int, cfg Config) (*Report, error) {
-	return postRestore(d, root, cfg, nil)
+	rep, err := postRestore(d, root, cfg, nil)
+	return rep, errors.Join(err, d.Sync())
 }
 
 // rewritten is what pre-restore knows that post-restore needs: the
@@ -88,9 +89,10 @@ func liveOptions(d *images.Dir, cfg Config, log *slog.Logger, man *Manifest, jud
 		HostLenient: cfg.Lenient, Hooks: restore.Hooks{FailSyscall: cfg.FailSyscall}, Judge: judge, Stop: cfg.Stop}, nil
 }
 
-// postRestore is PostRestore; with pre (a pre-restore that stayed alive
-// to serve post-restore), the original images are put back while the
-// mounts are made, not before.
+// postRestore is PostRestore without the fsync of the directory the
+// originals are put back in (the caller's once CRIU goes on); with pre (a
+// pre-restore that stayed alive to serve post-restore), they are put back
+// while the mounts are made, not before.
 func postRestore(d *images.Dir, root int, cfg Config, pre *rewritten) (*Report, error) {
 	start := time.Now()
 	log := cfg.Log
@@ -104,11 +106,11 @@ func postRestore(d *images.Dir, root int, cfg Config, pre *rewritten) (*Report, 
 	)
 	if pre != nil {
 		man, input = pre.man, pre.input
-		go func() { _, err := Recover(d); recover <- err }()
+		go func() { _, err := recoverUnsynced(d); recover <- err }()
 	} else {
 		var merr error
 		man, merr = ReadManifest(d)
-		if _, err := Recover(d); err != nil {
+		if _, err := recoverUnsynced(d); err != nil {
 			return nil, fmt.Errorf("put the original images back: %w", err)
 		}
 		if merr != nil {

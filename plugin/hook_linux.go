@@ -31,6 +31,7 @@ const (
 	EnvFailSyscall = "MNTV2_FAIL_SYSCALL" // N: fail the N-th mount syscall of post-restore (tests)
 	EnvReport      = "MNTV2_REPORT"       // FILE: post-restore writes what it did and found there (JSON)
 	EnvReduce      = "MNTV2_REDUCE"       // 0: CRIU restores every mount (strip and reapply); default 1: reduce and complete
+	EnvPrepared    = "MNTV2_PREPARED"     // 0: post-dump prepares no rewrite, pre-restore uses none (see Prepare)
 )
 
 // ConfigFile holds MNTV2_* settings as KEY=VALUE lines, for CRIU runs whose
@@ -44,6 +45,10 @@ type Settings struct {
 	LogLevel   slog.Level
 	Disabled   bool
 	ReportFile string // MNTV2_REPORT
+	NoPrepared bool   // MNTV2_PREPARED=0
+	// beforeWrite, when set, runs before the rewrite's first write (the
+	// Notify's watcher is armed then).
+	beforeWrite func() error
 }
 
 // LoadSettings reads the settings from getenv, then from ConfigFile.
@@ -86,6 +91,7 @@ func LoadSettings(getenv func(string) string) (Settings, error) {
 		return s, fmt.Errorf("%s=%q: want 0 or 1", EnvReduce, v)
 	}
 	s.Disabled = get(EnvDisable) == "1"
+	s.NoPrepared = get(EnvPrepared) == "0"
 	if v := get(EnvFailSyscall); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil {
@@ -139,12 +145,22 @@ func Hook(getenv func(string) string, s Settings, log *slog.Logger) error {
 		if _, err := PostDump(d, pid, log); err != nil {
 			log.Warn("post-dump: not recorded what CRIU's images lose (restores will lack it, as CRIU's do)", "err", err)
 		}
+		if s.Strip || s.NoPrepared {
+			return removePrepared(d)
+		}
+		// A restore without it rewrites at pre-restore, as before.
+		if err := Prepare(d, log); err != nil {
+			log.Warn("post-dump: no rewrite prepared for pre-restore (it rewrites then)", "err", err)
+			_ = removePrepared(d)
+		}
 		return nil
 	case "pre-restore":
 		return PreRestore(d, os.Getppid(), s)
 	default:
 		criu := os.Getppid()
-		return postRestoreAction(d, getenv, s, log, func() bool { return os.Getppid() != criu }, criu, nil)
+		err := postRestoreAction(d, getenv, s, log, func() bool { return os.Getppid() != criu }, criu, nil)
+		// The originals' names, put back unsynced.
+		return errors.Join(err, d.Sync())
 	}
 }
 
@@ -263,6 +279,21 @@ func preRestore(d *images.Dir, owner int, token string, getenv func(string) stri
 			default:
 				return nil
 			}
+		}
+	}
+	if s.beforeWrite != nil {
+		// The images are read and the rewrite computed meanwhile.
+		before := opt.Fail
+		opt.Fail = func(step string) error {
+			if step == "manifest" {
+				if err := s.beforeWrite(); err != nil {
+					return err
+				}
+			}
+			if before != nil {
+				return before(step)
+			}
+			return nil
 		}
 	}
 	if s.Strip {

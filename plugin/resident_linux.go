@@ -38,8 +38,14 @@ func ResidentName(criu int) string { return "mntv2-hook-" + strconv.Itoa(criu) }
 // Resident runs pre-restore for the CRIU process criu, reports its exit
 // status on report (the pipe the action script's parent half waits on),
 // then, if pre-restore succeeded, watches the images and serves
-// post-restore. It returns this process's exit status.
-func Resident(getenv func(string) string, s Settings, log *slog.Logger, criu int, report *os.File) int {
+// post-restore. It returns this process's exit status. With prepared set
+// (report is then nil), the action script's C half has made the rewrite
+// already (see Prepare) under that token, and CRIU has gone on: the
+// resident only takes it over.
+func Resident(getenv func(string) string, s Settings, log *slog.Logger, criu int, report *os.File, prepared string) int {
+	if prepared != "" {
+		return residentPrepared(s, log, criu, prepared, getenv(EnvImageDir))
+	}
 	status := func(code int) int {
 		_, _ = report.Write([]byte{byte(code)})
 		report.Close()
@@ -97,26 +103,86 @@ func Resident(getenv func(string) string, s Settings, log *slog.Logger, criu int
 	report.Close()
 	// CRIU's stdio are not this process's any more: a runtime that reads
 	// them to their end must not wait for it.
+	detachStdio()
+	return residentServe(d, s, log, criu, pidfd, lfd, token, pre)
+}
+
+// residentServe makes the completion of pre ready (what post-restore can
+// do before the restored namespaces exist) while CRIU restores the tasks,
+// then serves post-restore.
+func residentServe(d *images.Dir, s Settings, log *slog.Logger, criu, pidfd, lfd int, token string, pre *rewritten) int {
+	if pre != nil {
+		pre.prepare(d, s.Config, log)
+		defer func() {
+			if pre.live != nil {
+				pre.live.Close()
+			}
+		}()
+	}
+	r := &resident{d: d, s: s, log: log, criu: criu, pidfd: pidfd, pre: pre}
+	if err := r.serve(lfd, token); err != nil {
+		log.Error("resident hook", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// residentPrepared is the resident of a rewrite the action script's C
+// half made (see Prepare): CRIU reads the images already. It watches them
+// as any resident does and serves post-restore, with the rewrite taken
+// from the manifest; if that fails, post-restore reads it again itself.
+func residentPrepared(s Settings, log *slog.Logger, criu int, token, dir string) int {
+	d, err := images.Open(dir)
+	if err != nil {
+		// Nothing can watch the images: post-restore (its own process)
+		// puts them back, or the next pre-restore does.
+		log.Error("resident hook: cannot open the images: post-restore will do without it", "err", err)
+		return 1
+	}
+	defer d.Close()
+	s.Log = log
+	pidfd, lfd, err := residentListen(criu)
+	if err != nil {
+		// CRIU is gone already (or the socket is taken): be the watcher.
+		log.Debug("resident hook: no resident for the prepared rewrite", "err", err)
+		if pidfd, err = unix.PidfdOpen(criu, 0); err == nil {
+			fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+			for {
+				if _, err := unix.Poll(fds, -1); err != unix.EINTR {
+					break
+				}
+			}
+			unix.Close(pidfd)
+		}
+		if err := recoverAfter(d, criu, token, log); err != nil {
+			return 1
+		}
+		return 0
+	}
+	defer unix.Close(pidfd)
+	defer unix.Close(lfd)
+	// CRIU's stdio are not this process's: a runtime that reads them to
+	// their end must not wait for it.
+	detachStdio()
+	pre, err := preparedRewrite(d, token)
+	if err != nil {
+		log.Warn("resident hook: the prepared rewrite cannot be taken over: post-restore reads it again", "err", err)
+		pre = nil
+	} else {
+		log.Info("pre-restore: prepared rewrite in place: CRIU restores the mounts it must, without sharing; mntv2 makes the rest at post-restore",
+			"kept", len(pre.man.Kept), "originals", backupPrefix+"*", "watching", criu)
+	}
+	return residentServe(d, s, log, criu, pidfd, lfd, token, pre)
+}
+
+// detachStdio points fds 0 to 2 at /dev/null.
+func detachStdio() {
 	if null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0); err == nil {
 		for fd := 0; fd <= 2; fd++ {
 			_ = unix.Dup3(int(null.Fd()), fd, 0)
 		}
 		null.Close()
 	}
-	// While CRIU restores the tasks: what post-restore can do before
-	// their namespaces exist.
-	pre.prepare(d, s.Config, log)
-	r := &resident{d: d, s: s, log: log, criu: criu, pidfd: pidfd, pre: pre}
-	defer func() {
-		if pre.live != nil {
-			pre.live.Close()
-		}
-	}()
-	if err := r.serve(lfd, token); err != nil {
-		log.Error("resident hook", "err", err)
-		return 1
-	}
-	return 0
 }
 
 // residentListen opens a pidfd of criu and the listening socket.
@@ -237,6 +303,8 @@ func (r *resident) handle(conn int) bool {
 		code = 1
 	}
 	_, _ = unix.Write(conn, []byte{code})
+	// The originals' names, put back unsynced while CRIU waited.
+	_ = r.d.Sync()
 	return true
 }
 

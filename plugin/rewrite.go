@@ -52,7 +52,7 @@ const (
 type Manifest struct {
 	Version int    `json:"version"`
 	Token   string `json:"token"` // names this rewrite, for its watcher
-	Owner   int    `json:"owner"` // pid of the CRIU process it was made for
+	Owner   int    `json:"owner"` // pid of the CRIU process it was made for (Notify: the restoring process)
 	// Files are the rewritten images; each original is kept as
 	// mntv2-orig-<name> until it is renamed back.
 	Files []FileRecord `json:"files"`
@@ -202,12 +202,29 @@ func Rewrite(d *images.Dir, owner int, token string, opt RewriteOptions) (*Manif
 	if fail == nil {
 		fail = func(string) error { return nil }
 	}
+	if _, err := Recover(d); err != nil {
+		return nil, err
+	}
+	p, err := planRewrite(d, owner, token, opt)
+	if err != nil || p == nil {
+		return nil, err
+	}
+	return p.commit(d, fail)
+}
+
+// pendingRewrite is a rewrite computed and not yet written: its manifest
+// and the new bytes of each image it lists.
+type pendingRewrite struct {
+	man       *Manifest
+	rewritten map[string][]byte
+}
+
+// planRewrite computes the rewrite of d's images (see Rewrite) and writes
+// nothing; nil when no image needs a change.
+func planRewrite(d *images.Dir, owner int, token string, opt RewriteOptions) (*pendingRewrite, error) {
 	reason := opt.Reason
 	if reason == nil {
 		reason = new(string)
-	}
-	if _, err := Recover(d); err != nil {
-		return nil, err
 	}
 	// Each image is read once: its bytes give the digest, the forest (for
 	// the helpers) and the stripped image.
@@ -304,6 +321,13 @@ func Rewrite(d *images.Dir, owner int, token string, opt RewriteOptions) (*Manif
 	if len(man.Files) == 0 && !d.Exists(images.ExtraName) {
 		return nil, nil
 	}
+	return &pendingRewrite{man: man, rewritten: rewritten}, nil
+}
+
+// commit writes the rewrite p into d, crash-safely: the manifest, a second
+// name for each original, then the new images.
+func (p *pendingRewrite) commit(d *images.Dir, fail func(step string) error) (*Manifest, error) {
+	man, rewritten := p.man, p.rewritten
 	// With nothing to rewrite but mntv2's dump-side record, the manifest
 	// alone tells post-restore to give the mounts what CRIU cannot.
 	// 1. The manifest: from here on, Recover knows what to undo.
@@ -312,8 +336,11 @@ func Rewrite(d *images.Dir, owner int, token string, opt RewriteOptions) (*Manif
 	}
 	data, _ := json.MarshalIndent(man, "", "  ")
 	// Its name is made durable with the links' below (one fsync of the
-	// directory for both), before any image changes.
-	if err := d.WriteFileUnsynced(ManifestName, data, 0o600); err != nil {
+	// directory for both), before any image changes. Its bytes need no
+	// fsync: Recover puts every second name back without them (a manifest
+	// it cannot read only loses the digests' check), and only a crash of
+	// the machine, which ends the watcher too, can lose them.
+	if err := d.WriteFileNoSync(ManifestName, data, 0o600); err != nil {
 		if errors.Is(err, unix.EROFS) || errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
 			return nil, fmt.Errorf("%w: %v", ErrReadOnly, err)
 		}
@@ -336,10 +363,11 @@ func Rewrite(d *images.Dir, owner int, token string, opt RewriteOptions) (*Manif
 		if err := fail("rewrite " + fr.Name); err != nil {
 			return man, err
 		}
-		// No fsync of the directory after: crashed before the new name
-		// is durable, the original is there under both names, and
-		// Recover drops the second.
-		if err := d.WriteFileUnsynced(fr.Name, rewritten[fr.Name], 0o600); err != nil {
+		// No fsync after, of the directory or the bytes: crashed before
+		// the new name is durable, the original is there under both
+		// names, and Recover drops the second; after, Recover puts the
+		// original back over whatever the new file holds.
+		if err := d.WriteFileNoSync(fr.Name, rewritten[fr.Name], 0o600); err != nil {
 			return man, undo(d, fmt.Errorf("rewrite %s: %w", fr.Name, err))
 		}
 	}
@@ -412,7 +440,15 @@ func ReadManifest(d *images.Dir) (*Manifest, error) {
 // kept, checks their digests, removes mntv2's temporary files and the
 // manifest, and says whether there was anything to recover. It is
 // idempotent and safe to run at any point of a crash.
-func Recover(d *images.Dir) (bool, error) {
+func Recover(d *images.Dir) (bool, error) { return recoverImages(d, true) }
+
+// recoverUnsynced is Recover without its fsyncs of the directory, for
+// post-restore, while CRIU waits: a crash before the names are durable
+// leaves a rewrite the next Recover finishes (whichever of its steps the
+// disk kept). The caller syncs the directory once CRIU goes on.
+func recoverUnsynced(d *images.Dir) (bool, error) { return recoverImages(d, false) }
+
+func recoverImages(d *images.Dir, sync bool) (bool, error) {
 	names, err := d.Names()
 	if err != nil {
 		return false, err
@@ -454,8 +490,10 @@ func Recover(d *images.Dir) (bool, error) {
 	if !found && man == nil && merr == nil {
 		return false, nil // nothing was here: nothing to make durable
 	}
-	if err := d.Sync(); err != nil {
-		return found, err
+	if sync {
+		if err := d.Sync(); err != nil {
+			return found, err
+		}
 	}
 	if man != nil {
 		for _, fr := range man.Files {
@@ -469,8 +507,10 @@ func Recover(d *images.Dir) (bool, error) {
 		if err := d.Remove(ManifestName); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return true, err
 		}
-		if err := d.Sync(); err != nil {
-			return true, err
+		if sync {
+			if err := d.Sync(); err != nil {
+				return true, err
+			}
 		}
 	}
 	return found, nil

@@ -12,10 +12,17 @@ import (
 // runHook is mntv2 as CRIU's action script: no arguments, the action in
 // CRTOOLS_SCRIPT_ACTION. A non-zero exit aborts the restore.
 func runHook() int {
-	report, criu := resident()
+	report, criu, prepared := resident()
 	s, err := plugin.LoadSettings(os.Getenv)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mntv2: "+err.Error())
+		if prepared != "" {
+			// The C half rewrote the images: put them back.
+			if d, derr := images.Open(os.Getenv(plugin.EnvImageDir)); derr == nil {
+				_, _ = plugin.Recover(d)
+				d.Close()
+			}
+		}
 		if report >= 0 {
 			_, _ = os.NewFile(uintptr(report), "resident-report").Write([]byte{exitDiffers})
 		}
@@ -23,8 +30,12 @@ func runHook() int {
 	}
 	log, closeLog := s.Logger(os.Stderr)
 	defer closeLog()
-	if report >= 0 {
-		return plugin.Resident(os.Getenv, s, log, criu, os.NewFile(uintptr(report), "resident-report"))
+	if report >= 0 || prepared != "" {
+		var rep *os.File
+		if report >= 0 {
+			rep = os.NewFile(uintptr(report), "resident-report")
+		}
+		return plugin.Resident(os.Getenv, s, log, criu, rep, prepared)
 	}
 	if err := plugin.Hook(os.Getenv, s, log); err != nil {
 		log.Error("aborting the restore", "action", os.Getenv(plugin.EnvAction), "err", err)

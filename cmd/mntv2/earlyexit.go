@@ -13,6 +13,8 @@ package main
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "prepared.h"
+
 // Everything here runs before the Go runtime starts, when CRIU runs mntv2
 // as its action script (no arguments, CRTOOLS_SCRIPT_ACTION set): CRIU runs
 // the script for about seven actions of every restore and at dump, and
@@ -20,9 +22,11 @@ package main
 // plugin/resident_linux.go describes the resident hook this half starts
 // (pre-restore) and talks to (post-restore).
 
-// Set in the resident's process: the pipe its parent waits on, and CRIU.
+// Set in the resident's process: the pipe its parent waits on, and CRIU;
+// the token of the prepared rewrite put in place (then there is no pipe).
 int mntv2_resident_report = -1;
 int mntv2_resident_criu = -1;
+char mntv2_prepared_token[33];
 
 static socklen_t mntv2_resident_addr(struct sockaddr_un *sa, pid_t criu) {
 	int n;
@@ -34,12 +38,12 @@ static socklen_t mntv2_resident_addr(struct sockaddr_un *sa, pid_t criu) {
 	return offsetof(struct sockaddr_un, sun_path) + 1 + n;
 }
 
-// mntv2_recover_and_fail runs when the resident died before it answered:
-// it may have rewritten the images, so put the originals back, then fail
-// the action (CRIU aborts the restore).
-static void mntv2_recover_and_fail(char **envp) {
+// mntv2_recover puts the original images back (mntv2 criu-images
+// restore): 0 if it did.
+static int mntv2_recover(char **envp) {
 	const char *dir = getenv("CRTOOLS_IMAGE_DIR");
 	pid_t pid = -1;
+	int st = -1;
 
 	if (dir != NULL)
 		pid = fork();
@@ -52,8 +56,16 @@ static void mntv2_recover_and_fail(char **envp) {
 		_exit(127);
 	}
 	if (pid > 0)
-		while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+		while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
 			;
+	return pid > 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
+}
+
+// mntv2_recover_and_fail runs when the resident died before it answered:
+// it may have rewritten the images, so put the originals back, then fail
+// the action (CRIU aborts the restore).
+static void mntv2_recover_and_fail(char **envp) {
+	mntv2_recover(envp);
 	_exit(1);
 }
 
@@ -63,8 +75,33 @@ static void mntv2_pre_restore(char **envp) {
 	pid_t criu = getppid(), child;
 	int p[2];
 	ssize_t n;
-	char st;
+	char st, token[33] = {0};
 
+	// A rewrite prepared at dump (plugin/prepared.go): put in place here,
+	// CRIU goes on at once, and the resident takes it over.
+	switch (mntv2_swap_prepared(getenv("CRTOOLS_IMAGE_DIR"), criu, token)) {
+	case MNTV2_PREPARED_SWAPPED:
+		child = fork();
+		if (child == 0) {
+			setsid();
+			mntv2_resident_criu = criu;
+			memcpy(mntv2_prepared_token, token, sizeof(token));
+			return;
+		}
+		if (child > 0)
+			_exit(0);
+		// No resident: post-restore (its own process) takes the
+		// rewrite from the manifest; if CRIU dies first, the next
+		// pre-restore puts the originals back.
+		fprintf(stderr, "mntv2: pre-restore: prepared rewrite in place; no resident hook (fork: %s)\n", strerror(errno));
+		_exit(0);
+	case MNTV2_PREPARED_UNDO:
+		if (mntv2_recover(envp) != 0) {
+			fprintf(stderr, "mntv2: pre-restore: a prepared rewrite was cut off and could not be undone\n");
+			_exit(1);
+		}
+		break;
+	}
 	if (pipe2(p, O_CLOEXEC) < 0)
 		return; // no resident: Go runs the classic hook
 	child = fork();
@@ -191,7 +228,9 @@ __attribute__((constructor)) static void mntv2_action(int argc, char **argv, cha
 import "C"
 
 // resident is the resident hook's part of this process, if it is one
-// (mntv2_pre_restore forked it): the pipe its parent waits on, and CRIU.
-func resident() (report, criu int) {
-	return int(C.mntv2_resident_report), int(C.mntv2_resident_criu)
+// (mntv2_pre_restore forked it): the pipe its parent waits on (-1 when the
+// parent did not wait: a prepared rewrite, named prepared, is in place),
+// and CRIU (-1: this is no resident).
+func resident() (report, criu int, prepared string) {
+	return int(C.mntv2_resident_report), int(C.mntv2_resident_criu), C.GoString(&C.mntv2_prepared_token[0])
 }
