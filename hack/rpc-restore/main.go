@@ -5,6 +5,10 @@
 // --go-criu says which one restores.
 //
 //	rpc-restore --criu PATH --images DIR --root DIR --work DIR --pidfile FILE [--compat] [--go-criu 7|8]
+//	            [--mntv2=false] [--log-level N]
+//
+// --mntv2=false restores with CRIU alone (no Notify): the baseline of
+// hack/bench-criu.sh's RPC columns.
 package main
 
 import (
@@ -13,6 +17,7 @@ import (
 	"os"
 	"strconv"
 
+	criu "github.com/checkpoint-restore/go-criu/v7"
 	"github.com/mntv2/mntv2/plugin"
 )
 
@@ -24,16 +29,19 @@ func main() {
 	pidfile := flag.String("pidfile", "", "write the restored root task's pid here")
 	compat := flag.Bool("compat", false, "--mntns-compat-mode")
 	version := flag.Int("go-criu", 7, "go-criu major version to restore with: 7 or 8")
+	withMntv2 := flag.Bool("mntv2", true, "restore with mntv2's Notify (false: CRIU alone)")
+	logLevel := flag.Int("log-level", 4, "CRIU's log level (restore-rpc.log in the work directory)")
 	flag.Parse()
-	if err := run(*criuPath, *imagesDir, *root, *work, *pidfile, *compat, *version); err != nil {
+	if err := run(*criuPath, *imagesDir, *root, *work, *pidfile, *compat, *version, *withMntv2, int32(*logLevel)); err != nil {
 		fmt.Fprintln(os.Stderr, "rpc-restore:", err)
 		os.Exit(1)
 	}
 }
 
-// pidNotify records the restored root task's pid.
+// pidNotify records the restored root task's pid; it embeds mntv2's Notify,
+// or go-criu's NoNotify for CRIU alone.
 type pidNotify struct {
-	*plugin.Notify
+	criu.Notify
 	pid int32
 }
 
@@ -47,10 +55,11 @@ type restoreArgs struct {
 	criu, root   string
 	images, work int32
 	compat       bool
+	logLevel     int32
 	notify       *pidNotify
 }
 
-func run(criuPath, imagesDir, root, work, pidfile string, compat bool, version int) error {
+func run(criuPath, imagesDir, root, work, pidfile string, compat bool, version int, withMntv2 bool, logLevel int32) error {
 	img, err := os.Open(imagesDir)
 	if err != nil {
 		return err
@@ -61,16 +70,19 @@ func run(criuPath, imagesDir, root, work, pidfile string, compat bool, version i
 		return err
 	}
 	defer wd.Close()
-	settings, err := plugin.LoadSettings(os.Getenv)
-	if err != nil {
-		return err
-	}
-	n, err := plugin.NewNotify(imagesDir, settings)
-	if err != nil {
-		return err
-	}
 	a := restoreArgs{criu: criuPath, root: root, images: int32(img.Fd()), work: int32(wd.Fd()), compat: compat,
-		notify: &pidNotify{Notify: n}}
+		logLevel: logLevel, notify: &pidNotify{Notify: criu.NoNotify{}}}
+	var n *plugin.Notify
+	if withMntv2 {
+		settings, err := plugin.LoadSettings(os.Getenv)
+		if err != nil {
+			return err
+		}
+		if n, err = plugin.NewNotify(imagesDir, settings); err != nil {
+			return err
+		}
+		a.notify.Notify = n
+	}
 	switch version {
 	case 7:
 		err = restoreV7(a)
@@ -79,8 +91,10 @@ func run(criuPath, imagesDir, root, work, pidfile string, compat bool, version i
 	default:
 		err = fmt.Errorf("--go-criu %d: want 7 or 8", version)
 	}
-	if cerr := n.Close(); err == nil {
-		err = cerr
+	if n != nil {
+		if cerr := n.Close(); err == nil {
+			err = cerr
+		}
 	}
 	if err != nil {
 		return err

@@ -16,7 +16,7 @@ func restoreV7(a restoreArgs) error {
 		ImagesDirFd:     proto.Int32(a.images),
 		WorkDirFd:       proto.Int32(a.work),
 		LogFile:         proto.String("restore-rpc.log"),
-		LogLevel:        proto.Int32(4),
+		LogLevel:        proto.Int32(a.logLevel),
 		Root:            proto.String(a.root),
 		RstSibling:      proto.Bool(true),
 		AutoExtMnt:      proto.Bool(true),

@@ -15,7 +15,7 @@ func restoreV8(a restoreArgs) error {
 		ImagesDirFd:     &a.images,
 		WorkDirFd:       &a.work,
 		LogFile:         ptr("restore-rpc.log"),
-		LogLevel:        ptr(int32(4)),
+		LogLevel:        &a.logLevel,
 		Root:            &a.root,
 		RstSibling:      ptr(true),
 		AutoExtMnt:      ptr(true),
