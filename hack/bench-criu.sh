@@ -10,9 +10,18 @@
 #              whose mounts are peers of the first's, with mounts that
 #              propagated into both
 #   open-1000  tmp-1000 whose task holds a file open in every 10th bind
-# Each time is the best of R wall-clock runs, the three ways interleaved
+# Each time is the best of R wall-clock runs, the ways interleaved
 # (restore -d --pidfile; the restored tree is killed after each run,
-# untimed). Every post-restore writes its report (MNTV2_REPORT); for each
+# untimed). Two more ways restore through go-criu's RPC (criu swrk), as
+# runc and containerd do, with hack/rpc-restore: CRIU alone, and CRIU with
+# mntv2's Notify (reduce). Each container is dumped with mntv2 as the
+# dump's action script, as a host whose CRIU configuration names it does
+# (at post-dump it records what the images lose and prepares the rewrite,
+# plugin/prepared.go); CRIU alone ignores those files. The bench runs in a
+# private mount namespace with a tmpfs on /run: CRIU keeps its kernel
+# feature probes (criu.kdat) only on a tmpfs /run, which every systemd host
+# has and this machine does not (without it each criu run probes again,
+# about 25 ms; BENCH_CRIU_KDAT=0 measures that way). Every post-restore writes its report (MNTV2_REPORT); for each
 # container the best one is set against the syscall floor of what it did
 # (hack/bench -post-floor, in this run). Writes JSON for hack/bench, which
 # prints the tables (ms and ratios, and the mounts' share: each time minus
@@ -22,7 +31,9 @@
 # env:   BENCH_CRIU_RUNS      runs of containers below 5000 binds (default 10)
 #        BENCH_CRIU_BIG_RUNS  runs of containers of 5000 binds and more (default 3)
 #        BENCH_CRIU_SHAPES    containers to measure besides base (default "tmp root mixed open")
-#        MNTV2, MNTV2_BENCH   the binaries (default bin/mntv2, bin/mntv2-bench; built when missing)
+#        BENCH_CRIU_KDAT      0: no tmpfs on /run (CRIU probes the kernel at every run)
+#        MNTV2, MNTV2_BENCH, MNTV2_RPC   the binaries (default bin/mntv2, bin/mntv2-bench,
+#                             bin/rpc-restore; built when missing)
 #        BENCH_CRIU_KEEP      a directory: each container's images are copied to DIR/NAME (to profile with)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -31,14 +42,20 @@ if [ "${MNTV2_BENCH_INNER:-}" != 1 ]; then
 	exec unshare --mount --propagation private env MNTV2_BENCH_INNER=1 "$0" "$@"
 fi
 t_start=$EPOCHREALTIME
+kdat=${BENCH_CRIU_KDAT:-1}
+if [ "$kdat" = 1 ]; then
+	mount -t tmpfs -o size=4m,mode=755 bench-run /run
+fi
 out=$1
 shift
 [ $# -gt 0 ] || set -- 1000 5000 10000
 CRIU=$(command -v "${CRIU:-criu}")
 MNTV2=${MNTV2:-$top/bin/mntv2}
 BENCH=${MNTV2_BENCH:-$top/bin/mntv2-bench}
+RPC=${MNTV2_RPC:-$top/bin/rpc-restore}
 [ -x "$MNTV2" ] || (cd "$top" && go build -o "$MNTV2" ./cmd/mntv2)
 [ -x "$BENCH" ] || (cd "$top" && go build -o "$BENCH" ./hack/bench)
+[ -x "$RPC" ] || (cd "$top" && go build -o "$RPC" ./hack/rpc-restore)
 export MNTV2
 # shellcheck source=lib/ct.sh
 . "$here/lib/ct.sh"
@@ -154,19 +171,27 @@ end_tree() {
 	return 1
 }
 
-# restore_once WAY RUN: one whole criu restore, WAY criu, reduce or strip;
-# sets took (us). The restored tree is killed afterwards, untimed; on the
-# first run mntv2 verify compares it with the images (verdict[WAY]).
+# restore_once WAY RUN: one whole criu restore, WAY criu, reduce or strip
+# (the command line), rpc-criu or rpc-mntv2 (go-criu RPC); sets took (us).
+# The restored tree is killed afterwards, untimed; on the first run mntv2
+# verify compares it with the images (verdict[WAY]).
 declare -A verdict
 restore_once() {
 	local way=$1 run=$2 t0 t1 pid
 	local args=("${common[@]}")
-	[ "$way" = criu ] || args+=(--action-script "$MNTV2")
+	case $way in
+	reduce | strip) args+=(--action-script "$MNTV2") ;;
+	rpc-*)
+		args=("$RPC" --criu "$CRIU" --images "$w/img" --root "$w/root" --work "$w/work" --pidfile "$pidf" --log-level 2)
+		[ "$way" = rpc-mntv2 ] || args+=(--mntv2=false)
+		;;
+	esac
+	[ "${args[0]}" = "$RPC" ] || args=("$CRIU" "${args[@]}")
 	local reduce=1
 	[ "$way" = strip ] && reduce=0
 	rm -f "$pidf" "$w/rep-$way-$run.json"
 	t0=$EPOCHREALTIME
-	if ! MNTV2_REDUCE=$reduce MNTV2_REPORT=$w/rep-$way-$run.json "$CRIU" "${args[@]}" >/dev/null 2>"$w/err"; then
+	if ! MNTV2_REDUCE=$reduce MNTV2_REPORT=$w/rep-$way-$run.json "${args[@]}" >/dev/null 2>"$w/err"; then
 		t1=$EPOCHREALTIME
 		say "$name: criu restore ($way) failed: $(firsterr "$w/work/restore.log" 2>/dev/null) $(tail -3 "$w/err")"
 		return 1
@@ -234,7 +259,7 @@ measure() {
 	fi
 	local built=$(($(us) - t0))
 	t0=$(us)
-	"$CRIU" dump -t "$ct" -D "$w/img" -W "$w/work" -o dump.log --ext-mount-map auto >/dev/null 2>&1 ||
+	"$CRIU" dump -t "$ct" -D "$w/img" -W "$w/work" -o dump.log --ext-mount-map auto --action-script "$MNTV2" >/dev/null 2>&1 ||
 		{ say "$name: dump failed: $(firsterr "$w/work/dump.log" 2>/dev/null)"; return 1; }
 	ct= # CRIU killed it
 	local dumped=$(($(us) - t0))
@@ -244,7 +269,7 @@ measure() {
 	local i way t1
 	t0=$(us)
 	for i in $(seq "$runs"); do
-		for way in criu reduce strip; do
+		for way in criu reduce strip rpc-criu rpc-mntv2; do
 			restore_once "$way" "$i" || return 1
 			if [ -z "${best[$way]:-}" ] || [ "$took" -lt "${best[$way]}" ]; then best[$way]=$took; fi
 		done
@@ -270,11 +295,12 @@ measure() {
 	local pr ps
 	pr=$("$BENCH" -post-floor "$w/img" "$w"/rep-reduce-*.json) || { say "$name: post-restore floor (reduce) failed"; return 1; }
 	ps=$("$BENCH" -post-floor "$w/img" "$w"/rep-strip-*.json) || { say "$name: post-restore floor (strip) failed"; return 1; }
-	say "$name: best of $runs: CRIU $((best[criu] / 1000)) ms, CRIU + mntv2 reduce $((best[reduce] / 1000)) ms, strip $((best[strip] / 1000)) ms, mntv2 restore $((best[mntv2] / 1000)) ms (built in $((built / 1000000)) s, dumped in $((dumped / 1000000)) s, restored in $((restored / 1000000)) s)"
-	printf '{"name":"%s","shape":"%s","n":%d,"runs":%d,"criu_s":%s,"reduce_s":%s,"strip_s":%s,"mntv2_s":%s,' \
-		"$name" "$shape" "$n" "$runs" "$(secs "${best[criu]}")" "$(secs "${best[reduce]}")" "$(secs "${best[strip]}")" "$(secs "${best[mntv2]}")"
-	printf '"verify":{"criu":"%s","reduce":"%s","strip":"%s"},"build_s":%s,"dump_s":%s,"restores_s":%s,"post_reduce":%s,"post_strip":%s,"actions_reduce":%s,"actions_strip":%s}' \
-		"${verdict[criu]}" "${verdict[reduce]}" "${verdict[strip]}" "$(secs "$built")" "$(secs "$dumped")" "$(secs "$restored")" "$pr" "$ps" "$acts_reduce" "$acts_strip"
+	say "$name: best of $runs: CRIU $((best[criu] / 1000)) ms, CRIU + mntv2 reduce $((best[reduce] / 1000)) ms, strip $((best[strip] / 1000)) ms; RPC: CRIU $((${best[rpc-criu]} / 1000)) ms, + mntv2 $((${best[rpc-mntv2]} / 1000)) ms; mntv2 restore $((best[mntv2] / 1000)) ms (built in $((built / 1000000)) s, dumped in $((dumped / 1000000)) s, restored in $((restored / 1000000)) s)"
+	printf '{"name":"%s","shape":"%s","n":%d,"runs":%d,"criu_s":%s,"reduce_s":%s,"strip_s":%s,"rpc_criu_s":%s,"rpc_mntv2_s":%s,"mntv2_s":%s,' \
+		"$name" "$shape" "$n" "$runs" "$(secs "${best[criu]}")" "$(secs "${best[reduce]}")" "$(secs "${best[strip]}")" \
+		"$(secs "${best[rpc-criu]}")" "$(secs "${best[rpc-mntv2]}")" "$(secs "${best[mntv2]}")"
+	printf '"verify":{"criu":"%s","reduce":"%s","strip":"%s","rpc-criu":"%s","rpc-mntv2":"%s"},"build_s":%s,"dump_s":%s,"restores_s":%s,"post_reduce":%s,"post_strip":%s,"actions_reduce":%s,"actions_strip":%s}' \
+		"${verdict[criu]}" "${verdict[reduce]}" "${verdict[strip]}" "${verdict[rpc-criu]}" "${verdict[rpc-mntv2]}" "$(secs "$built")" "$(secs "$dumped")" "$(secs "$restored")" "$pr" "$ps" "$acts_reduce" "$acts_strip"
 	# This container is done: its root and images go.
 	if [ -n "${BENCH_CRIU_KEEP:-}" ]; then
 		mkdir -p "$BENCH_CRIU_KEEP" && rm -rf "${BENCH_CRIU_KEEP:?}/$name" && cp -a "$w/img" "$BENCH_CRIU_KEEP/$name" && cp "$w"/rep-*.json "$w"/work/restore-v4*.log "$BENCH_CRIU_KEEP/$name/" 2>/dev/null || true
@@ -304,6 +330,6 @@ total=$((10#${EPOCHREALTIME/./} - 10#${t_start/./}))
 say "done in $((total / 1000000)) s"
 (
 	IFS=,
-	printf '{"criu":"%s","criu_version":"%s","runs":%d,"big_runs":%d,"total_s":%s,"rows":[%s]}\n' "$CRIU" \
-		"$("$CRIU" --version | awk '/^Version/ { print $2 }')" "$runs_small" "$runs_big" "$(secs "$total")" "${rows[*]}"
+	printf '{"criu":"%s","criu_version":"%s","kdat_cache":%s,"runs":%d,"big_runs":%d,"total_s":%s,"rows":[%s]}\n' "$CRIU" \
+		"$("$CRIU" --version | awk '/^Version/ { print $2 }')" "$([ "$kdat" = 1 ] && echo true || echo false)" "$runs_small" "$runs_big" "$(secs "$total")" "${rows[*]}"
 ) >"$out"
