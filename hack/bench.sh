@@ -16,10 +16,11 @@ start=$EPOCHREALTIME
 mkdir -p bench
 go build -o bin/mntv2 ./cmd/mntv2
 go build -o bin/mntv2-bench ./hack/bench
+go build -o bin/rpc-restore ./hack/rpc-restore
 args=(-noop bin/mntv2)
 if [ -n "${CRIU:-}" ]; then
 	# shellcheck disable=SC2086 # the sizes are words
-	CRIU=$CRIU MNTV2=$top/bin/mntv2 MNTV2_BENCH=$top/bin/mntv2-bench hack/bench-criu.sh bench/criu.json ${BENCH_CRIU_SIZES:-1000 5000 10000}
+	CRIU=$CRIU MNTV2=$top/bin/mntv2 MNTV2_BENCH=$top/bin/mntv2-bench MNTV2_RPC=$top/bin/rpc-restore hack/bench-criu.sh bench/criu.json ${BENCH_CRIU_SIZES:-1000 5000 10000}
 	args+=(-criu bench/criu.json)
 fi
 # shellcheck disable=SC2086 # BENCH_ARGS are words

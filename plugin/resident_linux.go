@@ -237,6 +237,17 @@ func (r *resident) serve(lfd int, token string) error {
 			continue
 		}
 		if r.handle(conn) {
+			// The originals' names, put back unsynced while CRIU
+			// waited, are made durable once CRIU is done (an fsync is a
+			// journal commit, which CRIU's own writes would wait for),
+			// or after a second.
+			pfd := []unix.PollFd{{Fd: int32(r.pidfd), Events: unix.POLLIN}}
+			for {
+				if _, err := unix.Poll(pfd, 1000); err != unix.EINTR {
+					break
+				}
+			}
+			_ = r.d.Sync()
 			// A post-restore that failed before it put the originals
 			// back (CRIU died while it paused): this is the watcher.
 			return recoverAfter(r.d, r.criu, token, r.log)
@@ -303,8 +314,6 @@ func (r *resident) handle(conn int) bool {
 		code = 1
 	}
 	_, _ = unix.Write(conn, []byte{code})
-	// The originals' names, put back unsynced while CRIU waited.
-	_ = r.d.Sync()
 	return true
 }
 

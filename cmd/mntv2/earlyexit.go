@@ -88,8 +88,12 @@ static void mntv2_pre_restore(char **envp) {
 			memcpy(mntv2_prepared_token, token, sizeof(token));
 			return;
 		}
-		if (child > 0)
+		if (child > 0) {
+			// In CRIU's log, where the Go rewrite logs its own line.
+			fprintf(stderr, "mntv2: pre-restore: the rewrite prepared at dump is in place: CRIU restores the mounts it must, "
+					"without sharing; mntv2 makes the rest at post-restore (resident %d)\n", (int)child);
 			_exit(0);
+		}
 		// No resident: post-restore (its own process) takes the
 		// rewrite from the manifest; if CRIU dies first, the next
 		// pre-restore puts the originals back.

@@ -254,6 +254,8 @@ func plotCriu(b *strings.Builder, cf *CriuFile, ox, W, H float64) {
 		{"CRIU alone", "#d62728", func(r *CriuRow) float64 { return r.CriuS }},
 		{"CRIU + mntv2 (reduce)", "#1f77b4", func(r *CriuRow) float64 { return r.ReduceS }},
 		{"CRIU + mntv2 (strip)", "#ff7f0e", func(r *CriuRow) float64 { return r.StripS }},
+		{"RPC: CRIU alone", "#f4a6a6", func(r *CriuRow) float64 { return r.RPCCriuS }},
+		{"RPC: CRIU + mntv2 Notify", "#9ecae1", func(r *CriuRow) float64 { return r.RPCMntv2S }},
 	}
 	slot := (W - L - R) / float64(max(len(cf.Rows), 1))
 	bw := slot * 0.8 / float64(len(ways))
@@ -261,6 +263,9 @@ func plotCriu(b *strings.Builder, cf *CriuFile, ox, W, H float64) {
 		x := ox + L + float64(i)*slot + slot*0.1
 		for j, wy := range ways {
 			v := wy.get(r)
+			if v <= 0 {
+				continue // not measured
+			}
 			fmt.Fprintf(b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s %s: %.1f ms</title></rect>`+"\n",
 				x+float64(j)*bw, py(v), bw, H-B-py(v), wy.color, r.Name, wy.name, v*1e3)
 		}
@@ -271,5 +276,5 @@ func plotCriu(b *strings.Builder, cf *CriuFile, ox, W, H float64) {
 		fmt.Fprintf(b, `<rect x="%.0f" y="%.0f" width="12" height="12" fill="%s"/><text x="%.0f" y="%.0f">%s</text>`+"\n",
 			ox+L+10, T+8+float64(j)*18, wy.color, ox+L+28, T+18+float64(j)*18, wy.name)
 	}
-	fmt.Fprintf(b, `<text x="%.0f" y="%.0f" font-size="11">label: CRIU alone / CRIU + mntv2 (reduce)</text>`+"\n", ox+L+10, T+18+float64(len(ways))*18)
+	fmt.Fprintf(b, `<text x="%.0f" y="%.0f" font-size="11">label: CRIU alone / CRIU + mntv2 (reduce), command line</text>`+"\n", ox+L+10, T+18+float64(len(ways))*18)
 }
