@@ -141,7 +141,7 @@ static int eligible(void) {
 		return 0;
 	// Settings the Go side could refuse: it would run without the
 	// rewrite's manifest read. Only the plain ones here.
-	if (setting("MNTV2_FAIL_SYSCALL", v, sizeof(v)) < 0 || v[0] != '\0')
+	if (setting("MNTV2_FAIL_SYSCALL", v, sizeof(v)) < 0 || v[strspn(v, "0123456789")] != '\0')
 		return 0;
 	if (setting("MNTV2_LOG_LEVEL", v, sizeof(v)) < 0 ||
 	    (v[0] != '\0' && strcasecmp(v, "debug") != 0 && strcasecmp(v, "info") != 0 && strcasecmp(v, "warn") != 0 &&
