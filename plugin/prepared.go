@@ -190,12 +190,7 @@ func preparedRewrite(d *images.Dir, token string) (*rewritten, error) {
 		}
 		input[i] = forest.NamespaceMounts{ID: id, Mounts: ms}
 	}
-	x, err := d.ReadExtra()
-	if err != nil {
-		return nil, err
-	}
-	forest.ApplyExtra(input, x)
-	if err := forest.ApplyOwners(d, input); err != nil {
+	if err := addRecords(d, input); err != nil {
 		return nil, err
 	}
 	return &rewritten{man: man, input: input}, nil

@@ -146,12 +146,7 @@ func residentPrepared(s Settings, log *slog.Logger, criu int, token, dir string)
 		// CRIU is gone already (or the socket is taken): be the watcher.
 		log.Debug("resident hook: no resident for the prepared rewrite", "err", err)
 		if pidfd, err = unix.PidfdOpen(criu, 0); err == nil {
-			fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
-			for {
-				if _, err := unix.Poll(fds, -1); err != unix.EINTR {
-					break
-				}
-			}
+			waitReadable(pidfd, -1)
 			unix.Close(pidfd)
 		}
 		if err := recoverAfter(d, criu, token, log); err != nil {
@@ -241,12 +236,7 @@ func (r *resident) serve(lfd int, token string) error {
 			// waited, are made durable once CRIU is done (an fsync is a
 			// journal commit, which CRIU's own writes would wait for),
 			// or after a second.
-			pfd := []unix.PollFd{{Fd: int32(r.pidfd), Events: unix.POLLIN}}
-			for {
-				if _, err := unix.Poll(pfd, 1000); err != unix.EINTR {
-					break
-				}
-			}
+			waitReadable(r.pidfd, 1000)
 			_ = r.d.Sync()
 			// A post-restore that failed before it put the originals
 			// back (CRIU died while it paused): this is the watcher.

@@ -212,6 +212,18 @@ func Rewrite(d *images.Dir, owner int, token string, opt RewriteOptions) (*Manif
 	return p.commit(d, fail)
 }
 
+// addRecords gives the mounts of d's images what mntv2's dump-side record
+// and the namespaces' owners say of them, as forest.ImageNamespaces does
+// once the originals are back.
+func addRecords(d *images.Dir, input []forest.NamespaceMounts) error {
+	x, err := d.ReadExtra()
+	if err != nil {
+		return err
+	}
+	forest.ApplyExtra(input, x)
+	return forest.ApplyOwners(d, input)
+}
+
 // pendingRewrite is a rewrite computed and not yet written: its manifest
 // and the new bytes of each image it lists.
 type pendingRewrite struct {
@@ -257,13 +269,7 @@ func planRewrite(d *images.Dir, owner int, token string, opt RewriteOptions) (*p
 		return nil, fmt.Errorf("images %s: %w", d.Path(), err)
 	}
 	if opt.Originals != nil {
-		// As forest.ImageNamespaces reads them after the originals are back.
-		x, err := d.ReadExtra()
-		if err != nil {
-			return nil, err
-		}
-		forest.ApplyExtra(input, x)
-		if err := forest.ApplyOwners(d, input); err != nil {
+		if err := addRecords(d, input); err != nil {
 			return nil, err
 		}
 		*opt.Originals = input

@@ -141,12 +141,7 @@ func Watch(dirFd int, owner int, token string, armed *os.File, log *slog.Logger)
 		defer unix.Close(pidfd)
 		_, _ = armed.Write([]byte{1})
 		armed.Close()
-		fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
-		for {
-			if _, err := unix.Poll(fds, -1); err != unix.EINTR {
-				break
-			}
-		}
+		waitReadable(pidfd, -1)
 	} else {
 		// The owner is gone already.
 		armed.Close()
@@ -165,13 +160,19 @@ func watchLifeline(dirFd, lifeFd int, token string, armed *os.File, log *slog.Lo
 	defer d.Close()
 	_, _ = armed.Write([]byte{1})
 	armed.Close()
-	fds := []unix.PollFd{{Fd: int32(lifeFd), Events: unix.POLLIN}}
+	waitReadable(lifeFd, -1)
+	return recoverAfter(d, 0, token, log)
+}
+
+// waitReadable waits until fd (a pidfd, a pipe) is readable or hangs up,
+// or timeout ms have passed (-1: no timeout).
+func waitReadable(fd, timeout int) {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 	for {
-		if _, err := unix.Poll(fds, -1); err != unix.EINTR {
-			break
+		if _, err := unix.Poll(fds, timeout); err != unix.EINTR {
+			return
 		}
 	}
-	return recoverAfter(d, 0, token, log)
 }
 
 // recoverAfter puts the original images back after the CRIU process owner

@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -148,20 +147,8 @@ cat "$1"/mntv2-manifest.json >> "$2"`
 			if man.Mode != wantMode {
 				t.Errorf("mode %q, want %q", man.Mode, wantMode)
 			}
+			waitHookDone(t, dir, before)
 			// Which path rewrote: the resident says so in its log.
-			deadline := time.Now().Add(5 * time.Second)
-			for fmt.Sprint(fileDigests(t, dir)) != fmt.Sprint(before) {
-				if time.Now().After(deadline) {
-					t.Fatal("the images were not put back")
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-			for time.Now().Before(deadline) && hookLeft(t, dir) {
-				time.Sleep(20 * time.Millisecond)
-			}
-			if hookLeft(t, dir) {
-				t.Error("a hook process is left after CRIU exited")
-			}
 			log, _ := os.ReadFile(logf)
 			if got := strings.Contains(string(log), "prepared rewrite in place"); got != tc.prepared {
 				t.Errorf("prepared rewrite used: %v, want %v; log:\n%s", got, tc.prepared, log)

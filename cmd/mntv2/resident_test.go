@@ -55,20 +55,27 @@ wait $pid; echo "post-restore pid=$pid status=$?"`
 			}
 			// CRIU (the stand-in) has exited: the images are the
 			// originals, and no mntv2 of this test is left.
-			deadline := time.Now().Add(5 * time.Second)
-			for fmt.Sprint(fileDigests(t, dir)) != fmt.Sprint(before) {
-				if time.Now().After(deadline) {
-					t.Fatal("the images were not put back")
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-			for time.Now().Before(deadline) && hookLeft(t, dir) {
-				time.Sleep(20 * time.Millisecond)
-			}
-			if hookLeft(t, dir) {
-				t.Error("a hook process is left after CRIU exited")
-			}
+			waitHookDone(t, dir, before)
 		})
+	}
+}
+
+// waitHookDone waits until the images of dir are before again and no hook
+// process of this test has dir in its environment (5 s at the most).
+func waitHookDone(t *testing.T, dir string, before map[string]string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for fmt.Sprint(fileDigests(t, dir)) != fmt.Sprint(before) {
+		if time.Now().After(deadline) {
+			t.Fatal("the images were not put back")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for time.Now().Before(deadline) && hookLeft(t, dir) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if hookLeft(t, dir) {
+		t.Error("a hook process is left after CRIU exited")
 	}
 }
 
