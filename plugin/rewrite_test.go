@@ -32,18 +32,9 @@ func copyImages(t *testing.T, fixture string) string {
 // snapshot maps every file of dir to the digest of its bytes.
 func snapshot(t *testing.T, dir string) map[string]string {
 	t.Helper()
-	ents, err := os.ReadDir(dir)
+	out, err := tryDigests(dir)
 	if err != nil {
 		t.Fatal(err)
-	}
-	out := map[string]string{}
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		sum := sha256.Sum256(b)
-		out[e.Name()] = hex.EncodeToString(sum[:])
 	}
 	return out
 }
@@ -377,4 +368,23 @@ func TestManifestVersions(t *testing.T) {
 	if err := json.Unmarshal([]byte(`{"version":3}`), &got); err == nil || !strings.Contains(err.Error(), "newer mntv2") {
 		t.Errorf("version 3: %v", err)
 	}
+}
+
+// tryDigests is snapshot, with an error where the directory changes while
+// it reads.
+func tryDigests(dir string) (map[string]string, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return nil, err
+		}
+		sum := sha256.Sum256(b)
+		out[e.Name()] = hex.EncodeToString(sum[:])
+	}
+	return out, nil
 }
