@@ -28,13 +28,14 @@ type applier struct {
 	pins     []string
 	calls    int
 	live     map[uint32]*liveState
-	// closeLater: the fds of handles done with are closed by release, on
-	// success after the caller's wait (see Early.Finish), not by their
-	// drop steps: closing a thousand fds is a millisecond of CRIU's wait,
-	// and changes nothing verification sees (a detached mount is in no
-	// namespace).
+	// closeLater: a drop step leaves its handle's fd to release, in
+	// dropped, which closes them on success after the caller's wait
+	// (closeAsync; see Early.Finish): closing a thousand fds is a
+	// millisecond of CRIU's wait, and changes nothing verification sees (a
+	// detached mount is in no namespace).
 	closeLater bool
 	closeAsync bool
+	dropped    []int
 
 	// What the plan says of each handle's mount (indexHandles): whether
 	// its root is a directory (else kindUnknown until an fstat), the
@@ -152,8 +153,7 @@ func (a *applier) run(done []bool, res *Result) (*Result, error) {
 			nr.Mounts = map[uint32]uint64{}
 		}
 		for h, info := range plan.Handles {
-			// (Handles done with are dropped, even if closeLater.)
-			if info.NS != id || info.Mount == 0 || a.fds[h] < 0 || a.closeLater {
+			if info.NS != id || info.Mount == 0 || a.fds[h] < 0 {
 				continue
 			}
 			nr.Count++
@@ -284,13 +284,14 @@ func (a *applier) do(s Step) error {
 		if err := a.waitDone(a.fillFor(s.Handle)); err != nil {
 			return err
 		}
+		fd := a.fds[s.Handle]
+		a.fds[s.Handle] = -1
 		if a.closeLater {
+			a.dropped = append(a.dropped, fd)
 			return nil
 		}
 		// Closing the last fd of a detached mount unmounts it.
-		err := unix.Close(a.fds[s.Handle])
-		a.fds[s.Handle] = -1
-		return sysErr("close", err)
+		return sysErr("close", unix.Close(fd))
 	case OpPin:
 		if err := a.waitFills(); err != nil {
 			return err

@@ -132,15 +132,14 @@ func (a *applier) release() {
 	}
 	a.created = nil
 	if a.closeAsync {
-		fds := a.fds
-		a.fds = nil
-		go closeAll(fds)
+		go closeAll(a.dropped)
+	} else {
+		closeAll(a.dropped)
 	}
-	for i, fd := range a.fds {
-		if fd >= 0 {
-			unix.Close(fd)
-			a.fds[i] = -1
-		}
+	a.dropped = nil
+	closeAll(a.fds)
+	for i := range a.fds {
+		a.fds[i] = -1
 	}
 	for _, fd := range a.nsFds {
 		unix.Close(fd)
