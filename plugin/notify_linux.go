@@ -54,14 +54,14 @@ func NewNotify(imagesDir string, s Settings) (*Notify, error) {
 	if s.Log == nil {
 		s.Log = slog.Default()
 	}
-	// A restore's memory is live until its end, and a collection takes
-	// the CPU CRIU and the completion run on: collect after Close.
-	n := &Notify{dir: d, set: s, ahead: make(chan struct{}), release: shortlived.Hold()}
+	n := &Notify{dir: d, set: s, ahead: make(chan struct{}), release: func() {}}
 	if s.Disabled {
 		close(n.ahead)
-		n.release()
 		return n, nil
 	}
+	// A restore's memory is live until its end, and a collection takes
+	// the CPU CRIU and the completion run on: collect after Close.
+	n.release = shortlived.Hold()
 	token := NewToken()
 	r, w, err := os.Pipe()
 	var armed func() error

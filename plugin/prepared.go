@@ -176,19 +176,9 @@ func preparedRewrite(d *images.Dir, token string) (*rewritten, error) {
 		if swapped[name] {
 			file = backupPrefix + name
 		}
-		data, err := d.ReadAll(file)
-		if err != nil {
+		if _, _, input[i], err = readMountpoints(d, id, file); err != nil {
 			return nil, err
 		}
-		img, err := images.Parse(data, name, images.Mountpoints, d.Limits)
-		if err != nil {
-			return nil, err
-		}
-		ms, err := forest.FromImage(img)
-		if err != nil {
-			return nil, err
-		}
-		input[i] = forest.NamespaceMounts{ID: id, Mounts: ms}
 	}
 	if err := addRecords(d, input); err != nil {
 		return nil, err

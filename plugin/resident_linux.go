@@ -145,11 +145,7 @@ func residentPrepared(s Settings, log *slog.Logger, criu int, token, dir string)
 	if err != nil {
 		// CRIU is gone already (or the socket is taken): be the watcher.
 		log.Debug("resident hook: no resident for the prepared rewrite", "err", err)
-		if pidfd, err = unix.PidfdOpen(criu, 0); err == nil {
-			waitReadable(pidfd, -1)
-			unix.Close(pidfd)
-		}
-		if err := recoverAfter(d, criu, token, log); err != nil {
+		if err := watchProcess(d, criu, token, nil, log); err != nil {
 			return 1
 		}
 		return 0

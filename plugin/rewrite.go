@@ -224,6 +224,25 @@ func addRecords(d *images.Dir, input []forest.NamespaceMounts) error {
 	return forest.ApplyOwners(d, input)
 }
 
+// readMountpoints reads the mountpoints image of namespace id from file of
+// d (its own name, or the second name of an original): its bytes, the
+// image and its mounts.
+func readMountpoints(d *images.Dir, id uint32, file string) ([]byte, *images.Image, forest.NamespaceMounts, error) {
+	data, err := d.ReadAll(file)
+	if err != nil {
+		return nil, nil, forest.NamespaceMounts{}, err
+	}
+	img, err := images.Parse(data, images.MountpointsFile(id), images.Mountpoints, d.Limits)
+	if err != nil {
+		return nil, nil, forest.NamespaceMounts{}, err
+	}
+	ms, err := forest.FromImage(img)
+	if err != nil {
+		return nil, nil, forest.NamespaceMounts{}, err
+	}
+	return data, img, forest.NamespaceMounts{ID: id, Mounts: ms}, nil
+}
+
 // pendingRewrite is a rewrite computed and not yet written: its manifest
 // and the new bytes of each image it lists.
 type pendingRewrite struct {
@@ -249,17 +268,9 @@ func planRewrite(d *images.Dir, owner int, token string, opt RewriteOptions) (*p
 	input := make([]forest.NamespaceMounts, len(ids))
 	for i, id := range ids {
 		name := images.MountpointsFile(id)
-		if origs[i], err = d.ReadAll(name); err != nil {
+		if origs[i], imgs[i], input[i], err = readMountpoints(d, id, name); err != nil {
 			return nil, err
 		}
-		if imgs[i], err = images.Parse(origs[i], name, images.Mountpoints, d.Limits); err != nil {
-			return nil, err
-		}
-		ms, err := forest.FromImage(imgs[i])
-		if err != nil {
-			return nil, err
-		}
-		input[i] = forest.NamespaceMounts{ID: id, Mounts: ms}
 	}
 	if len(ids) == 0 {
 		return nil, fmt.Errorf("images %s: no mountpoints-*.img", d.Path())

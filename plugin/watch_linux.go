@@ -136,15 +136,25 @@ func Watch(dirFd int, owner int, token string, armed *os.File, log *slog.Logger)
 		return err
 	}
 	defer d.Close()
+	return watchProcess(d, owner, token, armed, log)
+}
+
+// watchProcess is Watch of the images d: armed (if not nil) is written to
+// once owner is watched.
+func watchProcess(d *images.Dir, owner int, token string, armed *os.File, log *slog.Logger) error {
 	pidfd, err := unix.PidfdOpen(owner, 0)
 	if err == nil {
 		defer unix.Close(pidfd)
-		_, _ = armed.Write([]byte{1})
+		if armed != nil {
+			_, _ = armed.Write([]byte{1})
+		}
+	}
+	// (The owner may be gone already.)
+	if armed != nil {
 		armed.Close()
+	}
+	if err == nil {
 		waitReadable(pidfd, -1)
-	} else {
-		// The owner is gone already.
-		armed.Close()
 	}
 	return recoverAfter(d, owner, token, log)
 }
