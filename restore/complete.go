@@ -45,6 +45,14 @@ func (p *planner) complete() error {
 	if len(bad) > 0 {
 		return &UnsupportedError{Mounts: bad}
 	}
+	// Groups whose members are all made here, of one new superblock,
+	// with nothing under them are peers from birth, as in a standalone
+	// restore: no MOVE_MOUNT_SET_GROUP per member at post-restore.
+	order, _, err := p.analyzeSharing()
+	if err != nil {
+		return err
+	}
+	p.bornPeers(order)
 	// New superblocks with content first: their extraction overlaps the
 	// rest.
 	byDev := map[uint32][]*forest.Mount{}
@@ -87,6 +95,8 @@ func (p *planner) complete() error {
 		case src.kind == fromHost:
 		case src.kind == fromNew && m.FSType == "overlay":
 			// Made in its namespace after the rest (lateMounts).
+		case src.kind == fromNew && p.born[m.PeerGroup] != nil:
+			p.bindPeer(m, p.born[m.PeerGroup], p.sourceHandle(m.Dev, byDev[m.Dev]))
 		case src.kind == fromNew:
 			p.bind(m, p.sourceHandle(m.Dev, byDev[m.Dev]), rel(m.Root), p.whyf("a private bind of root %s", m.Root))
 		default:

@@ -104,11 +104,12 @@ func (e *Early) Close() {
 // stays early only while every step before it that reads the handle was
 // early too, so each mount sees its steps in the plan's order (moving a
 // mount is not reading it: what was attached to it early moves with it);
-// nothing of the sharing runs early (an attach under a shared mount would
-// propagate).
+// of the sharing only the MS_SHARED of a group born peers runs early (an
+// attach under a shared mount would propagate).
 func (a *applier) earlySteps() []bool {
 	done := make([]bool, len(a.plan.Steps))
 	ready := make([]bool, len(a.plan.Handles))
+	moved := make([]bool, len(a.plan.Handles)) // attached by a step left for later
 	ok := func(hs ...Handle) bool {
 		for _, h := range hs {
 			if h == NoHandle || !ready[h] {
@@ -125,6 +126,12 @@ func (a *applier) earlySteps() []bool {
 			ready[s.Handle] = done[i]
 		case OpFillTmpfs, OpSetIDMap:
 			done[i] = ok(s.Handle)
+		case OpMakeShared:
+			// A group's representative its members are cloned from
+			// (bornPeers), before anything attaches it: once every step
+			// before it on the mount ran early, its own attach included,
+			// nothing left for later attaches under it or clones it.
+			done[i] = ok(s.Handle) && !moved[s.Handle]
 		case OpBind:
 			info := a.plan.Handles[s.From]
 			done[i] = ok(s.From) && !s.Deleted && !info.Root && !info.Live && !info.Helper
@@ -140,6 +147,9 @@ func (a *applier) earlySteps() []bool {
 			// Moving a mount does not change what is on it: what is
 			// attached to it early moves with it.
 			reads = []Handle{s.Parent}
+			if s.Handle >= 0 && int(s.Handle) < len(moved) {
+				moved[s.Handle] = true
+			}
 		}
 		for _, h := range reads {
 			if h >= 0 && int(h) < len(ready) {

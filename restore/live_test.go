@@ -250,3 +250,70 @@ func TestPlanDeepChain(t *testing.T) {
 	}
 	checkLivePlan(t, f, live)
 }
+
+// In a completion, a group whose members are all made by mntv2 from one new
+// superblock, with nothing under them, is born peers as in a standalone
+// restore, and its representative is made shared before the restored
+// namespaces exist (early); a group with a member CRIU restored, or a
+// member with a child, is copied into with MOVE_MOUNT_SET_GROUP after the
+// attaches, and nothing of it is shared early.
+func TestLivePlanBornPeers(t *testing.T) {
+	cases := []struct {
+		name            string
+		mounts          []string
+		kept            []uint32
+		setGroups, born int
+	}{
+		{"every member made: born", []string{
+			"10 1 /d / 2 0 0",
+			"11 10 /d/a / 3 7 0",
+			"12 10 /d/b / 3 7 0",
+			"13 1 /c / 3 7 0",
+		}, nil, 0, 2},
+		{"a member restored by CRIU: copied", []string{
+			"10 1 /a / 3 7 0",
+			"11 1 /b / 3 7 0",
+			"12 1 /c / 3 7 0",
+		}, []uint32{11}, 2, 0},
+		{"a member with a child: copied", []string{
+			"10 1 /a / 3 7 0",
+			"11 1 /b / 3 7 0",
+			"12 10 /a/x / 4 0 0",
+		}, nil, 1, 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := forestOf(t, c.mounts...)
+			kept := map[MountRef]string{{NS: 1, Mount: 1}: "root"}
+			for _, id := range c.kept {
+				kept[MountRef{NS: 1, Mount: id}] = "test"
+			}
+			plan, err := NewLivePlan(Input{Forest: f, Live: &LiveInput{Kept: kept}, Auto: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			setGroups, born, sharedEarly := 0, 0, 0
+			early := (&applier{plan: plan}).earlySteps()
+			for i, s := range plan.Steps {
+				switch {
+				case s.Op == OpSetGroup:
+					setGroups++
+				case s.Op == OpBind && strings.Contains(s.Why, "from birth"):
+					born++
+					if !early[i] {
+						t.Errorf("step %d (%s) waits for the restored namespace", i, s)
+					}
+				case s.Op == OpMakeShared && early[i]:
+					sharedEarly++
+				}
+			}
+			if setGroups != c.setGroups || born != c.born {
+				t.Errorf("%d set-group steps and %d members born peers, want %d and %d:\n%s",
+					setGroups, born, c.setGroups, c.born, planText(plan))
+			}
+			if want := min(c.born, 1); sharedEarly != want {
+				t.Errorf("%d groups made shared early, want %d:\n%s", sharedEarly, want, planText(plan))
+			}
+		})
+	}
+}
