@@ -73,6 +73,11 @@ func (a *applier) bind(s Step) error {
 		return err
 	}
 	a.fds[s.Handle] = fd
+	if s.Path == "" {
+		// The same root as what it is cloned from: a thousand peer
+		// binds need one fstat (isDir), not one each.
+		a.kind[s.Handle] = a.kind[s.From]
+	}
 	return nil
 }
 
