@@ -2,7 +2,6 @@ package plugin
 
 import (
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -165,9 +164,12 @@ func TestApplyLiveReduced(t *testing.T) {
 	for _, fixture := range []string{"01-seed-reverse-order", "02-peers-no-common-root", "03-slaves-of-subdirs",
 		"04-content-ro-file-unbindable", "05-overmounts", "06-nested-mntns-peers", "07-propagation-storm"} {
 		// Ahead: prepared before the restored namespaces exist, as the
-		// resident hook does while CRIU restores the tasks.
-		for _, ahead := range []bool{false, true} {
-			t.Run(fmt.Sprintf("%s/ahead=%v", fixture, ahead), func(t *testing.T) {
+		// resident hook does while CRIU restores the tasks; advanced:
+		// then begun in them before post-restore, as at CRIU's
+		// post-setup-namespaces.
+		for _, mode := range []string{"now", "ahead", "advanced"} {
+			ahead := mode != "now"
+			t.Run(fixture+"/"+mode, func(t *testing.T) {
 				d := openDir(t, filepath.Join(fixtures, fixture, "images"))
 				var (
 					p   *restore.PreparedLive
@@ -186,6 +188,9 @@ func TestApplyLiveReduced(t *testing.T) {
 				}
 				input, paths, kept := restoreReduced(t, fixture)
 				var rep *restore.LiveResult
+				if mode == "advanced" {
+					p.Advance(paths, nil)
+				}
 				if ahead {
 					rep, err = p.Finish(paths)
 				} else {
@@ -199,6 +204,9 @@ func TestApplyLiveReduced(t *testing.T) {
 				}
 				if rep.Created == 0 || rep.Created+len(kept) != rep.Mounts {
 					t.Errorf("made %d mounts, %d kept, of %d", rep.Created, len(kept), rep.Mounts)
+				}
+				if advanced := rep.AdvancedSteps > 0; advanced != (mode == "advanced") {
+					t.Errorf("%d steps advanced", rep.AdvancedSteps)
 				}
 			})
 		}
@@ -281,32 +289,61 @@ func TestApplyLiveReducedFailure(t *testing.T) {
 		return
 	}
 	for _, fixture := range []string{"04-content-ro-file-unbindable", "06-nested-mntns-peers"} {
-		t.Run(fixture, func(t *testing.T) {
-			d := openDir(t, filepath.Join(fixtures, fixture, "images"))
-			for n := 1; ; n++ {
-				input, paths, kept := restoreReduced(t, fixture)
-				root := rootOf(t, paths)
-				before := dirTree(t, root)
-				fds := testns.OpenFDs(t)
-				_, err := restore.ApplyLive(input, paths, restore.LiveOptions{Kept: kept, Images: d, Hooks: restore.Hooks{FailSyscall: n}})
-				if err == nil {
-					if n < 10 {
-						t.Fatalf("only %d syscalls", n)
-					}
-					return
-				}
-				var se *restore.StepError
-				if !errors.As(err, &se) || !errors.Is(err, restore.ErrInjected) {
-					t.Fatalf("syscall %d: %v, want a StepError", n, err)
-				}
-				if got := dirTree(t, root); got != before {
-					t.Fatalf("syscall %d (%v): the restore root changed:\n%s\nwas\n%s", n, err, got, before)
-				}
-				if got := testns.OpenFDs(t); got != fds {
-					t.Fatalf("syscall %d: %d fds open, %d before", n, got, fds)
-				}
+		// Advanced: prepared ahead, begun in the restored namespaces
+		// before post-restore (PreparedLive.Advance), finished after.
+		for _, advanced := range []bool{false, true} {
+			name := fixture
+			if advanced {
+				name += "/advanced"
 			}
-		})
+			t.Run(name, func(t *testing.T) {
+				failEachSyscall(t, fixture, advanced)
+			})
+		}
+	}
+}
+
+// failEachSyscall restores fixture reduced, failing its n-th syscall for
+// each n until the restore passes.
+func failEachSyscall(t *testing.T, fixture string, advanced bool) {
+	d := openDir(t, filepath.Join(fixtures, fixture, "images"))
+	for n := 1; ; n++ {
+		input, paths, kept := restoreReduced(t, fixture)
+		root := rootOf(t, paths)
+		before := dirTree(t, root)
+		var images []forest.NamespaceMounts
+		if advanced {
+			images, _, _ = reducedInput(t, fixture)
+		}
+		fds := testns.OpenFDs(t)
+		opt := restore.LiveOptions{Kept: kept, Images: d, Hooks: restore.Hooks{FailSyscall: n}}
+		var err error
+		if advanced {
+			var p *restore.PreparedLive
+			// A failed early step leaves nothing either.
+			if p, err = restore.PrepareLive(images, opt); err == nil {
+				p.Advance(paths, nil)
+				_, err = p.Finish(paths)
+			}
+		} else {
+			_, err = restore.ApplyLive(input, paths, opt)
+		}
+		if err == nil {
+			if n < 10 {
+				t.Fatalf("only %d syscalls", n)
+			}
+			return
+		}
+		var se *restore.StepError
+		if !errors.As(err, &se) || !errors.Is(err, restore.ErrInjected) {
+			t.Fatalf("syscall %d: %v, want a StepError", n, err)
+		}
+		if got := dirTree(t, root); got != before {
+			t.Fatalf("syscall %d (%v): the restore root changed:\n%s\nwas\n%s", n, err, got, before)
+		}
+		if got := testns.OpenFDs(t); got != fds {
+			t.Fatalf("syscall %d: %d fds open, %d before", n, got, fds)
+		}
 	}
 }
 
@@ -360,15 +397,33 @@ func TestApplyLiveReducedReadOnlyParent(t *testing.T) {
 		t.Fatal(err)
 	}
 	kept := map[restore.MountRef]string{{NS: 10, Mount: 1}: "a namespace's root"}
-	input, paths, _ := restoreDirAs(t, dir, kept)
-	rep, err := restore.ApplyLive(input, paths, restore.LiveOptions{Kept: kept, Images: d})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, diff := range rep.Differences {
-		t.Error(diff)
-	}
-	if rep.Created != 2 {
-		t.Errorf("made %d mounts, want 2", rep.Created)
+	for _, advanced := range []bool{false, true} {
+		input, paths, _ := restoreDirAs(t, dir, kept)
+		var rep *restore.LiveResult
+		if advanced {
+			// Begun before post-restore, the attach under the
+			// read-only root waits for Finish: CRIU may be making a
+			// ghost file through its own moment of rw there.
+			p, perr := restore.PrepareLive(input, restore.LiveOptions{Kept: kept, Images: d})
+			if perr != nil {
+				t.Fatal(perr)
+			}
+			p.Advance(paths, nil)
+			rep, err = p.Finish(paths)
+		} else {
+			rep, err = restore.ApplyLive(input, paths, restore.LiveOptions{Kept: kept, Images: d})
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, diff := range rep.Differences {
+			t.Error(diff)
+		}
+		if rep.Created != 2 {
+			t.Errorf("made %d mounts, want 2", rep.Created)
+		}
+		if advanced && rep.AdvancedSteps > 1 {
+			t.Errorf("%d steps advanced: only the restored root's opening may be", rep.AdvancedSteps)
+		}
 	}
 }

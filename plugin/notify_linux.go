@@ -39,6 +39,7 @@ type Notify struct {
 	aheadErr error
 	pre      *rewritten
 	prepared chan struct{} // closed once pre's completion is ready
+	root     int           // the restored root task (SetupNamespaces)
 }
 
 var _ criu.Notify = (*Notify)(nil)
@@ -109,6 +110,44 @@ func (n *Notify) rewrite(armed func() error, token string) {
 func (n *Notify) PreRestore() error {
 	<-n.ahead
 	return n.aheadErr
+}
+
+// SetupNamespaces notes the restored root task: go-criu names it here
+// only, and PostSetupNamespaces needs it.
+func (n *Notify) SetupNamespaces(pid int32) error {
+	n.root = int(pid)
+	return nil
+}
+
+// PostSetupNamespaces begins the completion in the root task's namespace,
+// which holds every mount CRIU makes now, while CRIU restores the tasks
+// (restore.PreparedLive.Advance; the resident hook does the same). It
+// never waits: a completion not ready yet is all done at PostRestore.
+func (n *Notify) PostSetupNamespaces() error {
+	if n.set.Disabled || n.root <= 0 {
+		return nil
+	}
+	<-n.ahead // done: PreRestore waited for it
+	if n.aheadErr != nil || n.prepared == nil {
+		return nil
+	}
+	select {
+	case <-n.prepared:
+	default:
+		return nil
+	}
+	if n.pre.live == nil {
+		return nil
+	}
+	id, ok, err := n.dir.RootMountNamespace()
+	nsPath := fmt.Sprintf("/proc/%d/ns/mnt", n.root)
+	// The root task waits for this notification to end before it leaves
+	// the namespace it built the restored ones in (see leftYard).
+	yard, yerr := os.Readlink(nsPath)
+	if err == nil && ok && yerr == nil {
+		n.pre.live.Advance(map[uint32]string{id: nsPath}, leftYard(nsPath, yard, func() bool { return false }))
+	}
+	return nil
 }
 
 // PostRestore makes the mounts CRIU was not given, applies the sharing of

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/mntv2/mntv2/images"
 	"golang.org/x/sys/unix"
@@ -245,7 +246,7 @@ func (r *resident) serve(lfd int, token string) error {
 func (r *resident) handle(conn int) bool {
 	defer unix.Close(conn)
 	cred, err := unix.GetsockoptUcred(conn, unix.SOL_SOCKET, unix.SO_PEERCRED)
-	if err != nil || cred.Uid != 0 || parentOf(int(cred.Pid)) != r.criu {
+	if err != nil || cred.Uid != 0 {
 		r.log.Warn("resident hook: refused a connection that is not CRIU's action script", "peer", cred)
 		return false
 	}
@@ -267,8 +268,8 @@ func (r *resident) handle(conn int) bool {
 			f.Close()
 		}
 	}()
-	if err != nil || flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 || len(stdio) != 3 {
-		r.log.Warn("resident hook: a malformed post-restore request: leaving it to the action script", "err", err)
+	if err != nil || flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
+		r.log.Warn("resident hook: a malformed request: leaving it to the action script", "err", err)
 		return false
 	}
 	env := map[string]string{}
@@ -278,7 +279,14 @@ func (r *resident) handle(conn int) bool {
 		}
 	}
 	getenv := func(k string) string { return env[k] }
-	if getenv(EnvAction) != "post-restore" {
+	if getenv(EnvAction) == "post-setup-namespaces" && len(stdio) == 0 {
+		// The action script is gone already (it does not wait): the
+		// task it names, CRIU's child, vouches for it.
+		r.advance(getenv)
+		return false
+	}
+	if getenv(EnvAction) != "post-restore" || len(stdio) != 3 || parentOf(int(cred.Pid)) != r.criu {
+		r.log.Warn("resident hook: a malformed post-restore request, or not CRIU's action script: leaving it to the action script", "peer", cred)
 		return false
 	}
 	if _, err := unix.Write(conn, []byte{residentTaken}); err != nil {
@@ -301,6 +309,68 @@ func (r *resident) handle(conn int) bool {
 	}
 	_, _ = unix.Write(conn, []byte{code})
 	return true
+}
+
+// advance begins the completion in the root task's namespace at CRIU's
+// post-setup-namespaces (restore.PreparedLive.Advance): it holds every
+// mount CRIU makes, and CRIU restores the tasks' memory and files before
+// post-restore. Only the root task exists yet; the other namespaces wait
+// for post-restore.
+func (r *resident) advance(getenv func(string) string) {
+	if r.pre == nil || r.pre.live == nil || getenv(EnvImageDir) != r.d.Path() || getenv(envYardNS) == "" {
+		return
+	}
+	pid, err := strconv.Atoi(getenv(EnvInitPID))
+	if err != nil || pid <= 0 {
+		return
+	}
+	// The restored root task is CRIU's child, or its sibling when CRIU
+	// restores as one (--restore-sibling: runc, containerd).
+	if pp := parentOf(pid); pp != r.criu && pp != parentOf(r.criu) {
+		r.log.Warn("resident hook: post-setup-namespaces names a task that is not CRIU's", "pid", pid)
+		return
+	}
+	rootNS, ok, err := r.d.RootMountNamespace()
+	if err != nil || !ok {
+		return
+	}
+	nsPath := "/proc/" + strconv.Itoa(pid) + "/ns/mnt"
+	r.pre.live.Advance(map[uint32]string{rootNS: nsPath}, leftYard(nsPath, getenv(envYardNS), r.gone))
+}
+
+// envYardNS is the namespace CRIU's root task built the restored ones in
+// (its roots yard), as /proc/PID/ns/mnt showed it at post-setup-namespaces:
+// the action script's C half adds it to the environment it sends.
+const envYardNS = "MNTV2_YARD_NS"
+
+// leftYard waits until the namespace at nsPath is no longer yard: at
+// post-setup-namespaces CRIU's root task is still in the namespace it built
+// the restored ones in, and enters its own once the action ends
+// (criu/mount.c restore_task_mnt_ns). It gives up when stop closes, CRIU
+// is gone, or after a few seconds (CRIU stopped: compat mode, say, may
+// leave the root task where it is).
+func leftYard(nsPath, yard string, gone func() bool) func(stop <-chan struct{}) bool {
+	return func(stop <-chan struct{}) bool {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			now, err := os.Readlink(nsPath)
+			if err != nil {
+				return false
+			}
+			if now != yard {
+				return true
+			}
+			select {
+			case <-stop:
+				return false
+			default:
+			}
+			if gone() || time.Now().After(deadline) {
+				return false
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+	}
 }
 
 // whileAlive returns a channel closed once the process pid (if not -1)

@@ -112,24 +112,8 @@ func newApplier(plan *Plan, opt Options) *applier {
 // checks, and says what the restore made in res.
 func (a *applier) run(done []bool, res *Result) (*Result, error) {
 	plan := a.plan
-	// Steps run in batches: a run of consecutive steps on the same thread
-	// (this one, or a namespace's worker) is handed over once.
-	for i := 0; i < len(plan.Steps); {
-		if done != nil && done[i] {
-			i++
-			continue
-		}
-		// Steps done early do not end a batch: they are skipped in it.
-		j := i
-		where := a.executor(plan.Steps[i])
-		for j < len(plan.Steps) && (done != nil && done[j] || a.executor(plan.Steps[j]) == where) {
-			j++
-		}
-		a.done = done
-		if err := a.runBatch(where, i, j, res); err != nil {
-			return nil, err
-		}
-		i = j
+	if err := a.runSteps(done, res); err != nil {
+		return nil, err
 	}
 	if err := a.waitFills(); err != nil {
 		return nil, err
@@ -165,6 +149,31 @@ func (a *applier) run(done []bool, res *Result) (*Result, error) {
 		res.Namespaces = append(res.Namespaces, nr)
 	}
 	return res, nil
+}
+
+// runSteps runs the plan's steps but those done (if set) says are done.
+func (a *applier) runSteps(done []bool, res *Result) error {
+	plan := a.plan
+	// Steps run in batches: a run of consecutive steps on the same thread
+	// (this one, or a namespace's worker) is handed over once.
+	for i := 0; i < len(plan.Steps); {
+		if done != nil && done[i] {
+			i++
+			continue
+		}
+		// Steps done early do not end a batch: they are skipped in it.
+		j := i
+		where := a.executor(plan.Steps[i])
+		for j < len(plan.Steps) && (done != nil && done[j] || a.executor(plan.Steps[j]) == where) {
+			j++
+		}
+		a.done = done
+		if err := a.runBatch(where, i, j, res); err != nil {
+			return err
+		}
+		i = j
+	}
+	return nil
 }
 
 // executor is the namespace whose worker runs a step, 0 for this thread.

@@ -65,6 +65,9 @@ type LiveResult struct {
 	// in EarlySeconds.
 	EarlySteps   int     `json:"early_steps,omitempty"`
 	EarlySeconds float64 `json:"early_seconds,omitempty"`
+	// AdvancedSteps ran in the restored namespaces before Finish
+	// (PreparedLive.Advance).
+	AdvancedSteps int `json:"advanced_steps,omitempty"`
 }
 
 // ApplyLive finishes the restored namespaces at nsPaths (image namespace
@@ -104,6 +107,14 @@ type PreparedLive struct {
 	reading            bool
 	EarlySteps         int
 	EarlySeconds       float64
+
+	// Advance: its goroutine's end, the namespaces it read, its error.
+	advance       chan struct{}
+	stopAdvance   chan struct{}
+	stopOnce      sync.Once
+	advanced      map[uint32]*LiveNamespace
+	advanceErr    error
+	advancedSteps int
 }
 
 // PrepareLive prepares ApplyLive of input (see PreparedLive).
@@ -174,18 +185,92 @@ func prepareLive(input []forest.NamespaceMounts, nsPaths map[uint32]string, opt 
 // SetLog makes Finish log to l, and stop as LiveOptions.Stop says when
 // stop is closed.
 func (p *PreparedLive) SetLog(l *slog.Logger, stop <-chan struct{}) {
+	p.waitAdvance()
 	p.log, p.opt.Log, p.opt.Stop = l, l, stop
 	if p.early != nil && p.early.a != nil {
 		p.early.a.opt.Log = l
 	}
 }
 
-// read starts reading the restored namespaces.
+// Advance starts, on a goroutine, what Finish can do in the restored
+// namespaces at nsPaths (some of them) while CRIU still restores the
+// tasks: see Early.Advance. Once only, and only for a completion whose
+// early steps ran; a namespace that cannot be read or does not match is
+// left to Finish, which says why. If ready is set, it runs first and
+// says whether the namespaces are there yet; it is to give up when its
+// channel closes, as Finish, SetLog or Close begin (they wait for the
+// steps Advance began).
+func (p *PreparedLive) Advance(nsPaths map[uint32]string, ready func(stop <-chan struct{}) bool) {
+	if p.early == nil || p.advance != nil {
+		return
+	}
+	p.advance, p.stopAdvance = make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(p.advance)
+		if ready != nil && !ready(p.stopAdvance) {
+			return
+		}
+		live := map[uint32]*LiveNamespace{}
+		for _, ns := range p.restored.Namespaces {
+			path, ok := nsPaths[ns.ID]
+			if !ok {
+				continue
+			}
+			f, err := readLive(path, ns.ID)
+			if err != nil {
+				continue
+			}
+			if ln, err := liveNamespace(ns, f.Namespaces[0], path); err == nil {
+				live[ns.ID] = ln
+			}
+		}
+		if len(live) == 0 {
+			return
+		}
+		p.advanced = live
+		p.advancedSteps, p.advanceErr = p.early.Advance(live)
+	}()
+}
+
+// liveNamespace matches a namespace CRIU restored, as read (lns), with
+// the part of the images it was given (ns).
+func liveNamespace(ns, lns *forest.Namespace, nsPath string) (*LiveNamespace, error) {
+	m := forest.Match(ns, lns)
+	var bad []string
+	for _, e := range m.Missing {
+		bad = append(bad, fmt.Sprintf("mount %d (%s) was not restored", e.ID, e.Mountpoint))
+	}
+	if len(bad) > 0 {
+		return nil, fmt.Errorf("namespace %d as CRIU restored it does not match the images: %s", ns.ID, strings.Join(bad, "; "))
+	}
+	// A mount CRIU made that the images do not have (tracefs under a
+	// debugfs: CRIU never dumps it) takes no part in the sharing;
+	// Verify reports it by its kind.
+	ln := &LiveNamespace{NSPath: nsPath, Tree: lns, Mounts: make(map[uint32]*forest.Mount, len(m.Pairs))}
+	for e, f := range m.Pairs {
+		ln.Mounts[e.ID] = f
+	}
+	return ln, nil
+}
+
+// waitAdvance stops Advance's wait for its namespaces and waits for the
+// steps it began, if it was started.
+func (p *PreparedLive) waitAdvance() {
+	if p.advance != nil {
+		p.stopOnce.Do(func() { close(p.stopAdvance) })
+		<-p.advance
+	}
+}
+
+// read starts reading the restored namespaces (but those Advance read).
 func (p *PreparedLive) read(nsPaths map[uint32]string) {
 	p.reading = true
 	p.trees = make([]*forest.Forest, len(p.ids))
 	p.errs = make([]error, len(p.ids))
 	for i, id := range p.ids {
+		if p.advanced[id] != nil {
+			continue
+		}
 		p.readers.Add(1)
 		go func() {
 			defer p.readers.Done()
@@ -196,6 +281,7 @@ func (p *PreparedLive) read(nsPaths map[uint32]string) {
 
 // Close releases what Finish did not: the early steps' mounts, readers.
 func (p *PreparedLive) Close() {
+	p.waitAdvance()
 	p.readers.Wait()
 	if p.early != nil {
 		p.early.Close()
@@ -211,6 +297,10 @@ func (p *PreparedLive) Close() {
 func (p *PreparedLive) Finish(nsPaths map[uint32]string) (*LiveResult, error) {
 	defer p.Close()
 	opt, log := p.opt, p.log
+	p.waitAdvance()
+	if p.advanceErr != nil {
+		return nil, fmt.Errorf("apply: %w", p.advanceErr)
+	}
 	if !p.reading {
 		p.start = time.Now()
 		p.read(nsPaths)
@@ -225,21 +315,13 @@ func (p *PreparedLive) Finish(nsPaths map[uint32]string) (*LiveResult, error) {
 	}
 	live := map[uint32]*LiveNamespace{}
 	for _, ns := range p.restored.Namespaces {
-		lns := p.trees[byID[ns.ID]].Namespaces[0]
-		m := forest.Match(ns, lns)
-		var bad []string
-		for _, e := range m.Missing {
-			bad = append(bad, fmt.Sprintf("mount %d (%s) was not restored", e.ID, e.Mountpoint))
+		if ln := p.advanced[ns.ID]; ln != nil {
+			live[ns.ID] = ln
+			continue
 		}
-		if len(bad) > 0 {
-			return nil, fmt.Errorf("namespace %d as CRIU restored it does not match the images: %s", ns.ID, strings.Join(bad, "; "))
-		}
-		// A mount CRIU made that the images do not have (tracefs under a
-		// debugfs: CRIU never dumps it) takes no part in the sharing;
-		// Verify reports it by its kind.
-		ln := &LiveNamespace{NSPath: nsPaths[ns.ID], Tree: lns, Mounts: make(map[uint32]*forest.Mount, len(m.Pairs))}
-		for e, f := range m.Pairs {
-			ln.Mounts[e.ID] = f
+		ln, err := liveNamespace(ns, p.trees[byID[ns.ID]].Namespaces[0], nsPaths[ns.ID])
+		if err != nil {
+			return nil, err
 		}
 		live[ns.ID] = ln
 	}
@@ -260,7 +342,7 @@ func (p *PreparedLive) Finish(nsPaths map[uint32]string) (*LiveResult, error) {
 	readDone := time.Now()
 	original := p.original
 	out := &LiveResult{Namespaces: len(live), Mounts: original.Len(), Steps: len(plan.Steps), Helpers: plan.Helpers,
-		Warnings: plan.Warnings, Made: map[MountRef]bool{}, EarlySteps: p.EarlySteps, EarlySeconds: p.EarlySeconds}
+		Warnings: plan.Warnings, Made: map[MountRef]bool{}, EarlySteps: p.EarlySteps, EarlySeconds: p.EarlySeconds, AdvancedSteps: p.advancedSteps}
 	if opt.Kept != nil {
 		for _, ns := range original.Namespaces {
 			for _, m := range ns.Mounts {

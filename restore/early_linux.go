@@ -3,6 +3,8 @@ package restore
 import (
 	"runtime"
 	"time"
+
+	"github.com/mntv2/mntv2/forest"
 )
 
 // Early is an Apply of a live plan begun before the namespaces it finishes
@@ -83,10 +85,137 @@ func (e *Early) Finish(live map[uint32]*LiveNamespace, check func() error, stop 
 		}
 		a.release()
 	}()
-	if err := a.startLive(); err != nil {
+	if err := a.startLive(a.plan.Namespaces); err != nil {
 		return nil, &StepError{Index: -1, Step: step("prepare"), What: "restored namespaces", Err: err}
 	}
 	return a.run(e.done, e.res)
+}
+
+// Advance runs, before Finish, the steps that need only the restored
+// namespaces in live and nothing CRIU does after it made them: the
+// restored mounts opened (by path: a namespace whose mounts would have to
+// be peeled off to be opened is left alone, since CRIU opens the tasks'
+// files meanwhile) and what is attached under them, up to the sharing
+// phase (see advanceSteps). CRIU's post-setup-namespaces is such a time:
+// the root task's namespace holds every mount CRIU makes, and CRIU
+// restores the tasks' memory and files until post-restore. It returns how
+// many steps ran; on failure, Finish is not to be called (Close rolls
+// everything back).
+func (e *Early) Advance(live map[uint32]*LiveNamespace) (int, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	a := e.a
+	a.opt.Live = live
+	if err := a.startLive(nil); err != nil {
+		return 0, err
+	}
+	avail := map[uint32]bool{}
+	var ids []uint32
+	for _, id := range a.plan.Namespaces {
+		ln, st := live[id], a.live[id]
+		if ln == nil {
+			continue
+		}
+		if st != nil {
+			if ok, err := wantedExposed(ln, st); err != nil || !ok {
+				continue // Finish says what is wrong, or peels
+			}
+		}
+		avail[id] = true
+		ids = append(ids, id)
+	}
+	// An attach under a read-only restored mount may need a moment of
+	// rw on it (attach), which CRIU, making a ghost file there meanwhile
+	// (criu/mount.c try_remount_writable), could undo under it or have
+	// undone: those wait for Finish.
+	roParent := func(s Step) bool {
+		info := a.plan.Handles[s.Parent]
+		if !info.Live {
+			return false
+		}
+		ln := live[info.NS]
+		if ln == nil {
+			return true
+		}
+		m := ln.Mounts[info.Mount]
+		return m == nil || m.Flags&forest.ReadOnly != 0
+	}
+	sel := a.advanceSteps(e.done, avail, roParent)
+	skip := make([]bool, len(sel))
+	n := 0
+	for i := range sel {
+		skip[i] = !sel[i]
+		if sel[i] {
+			n++
+		}
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	if err := a.startLive(ids); err != nil {
+		return 0, &StepError{Index: -1, Step: step("prepare"), What: "restored namespaces", Err: err}
+	}
+	if err := a.runSteps(skip, e.res); err != nil {
+		return 0, err
+	}
+	for i := range sel {
+		e.done[i] = e.done[i] || sel[i]
+	}
+	return n, nil
+}
+
+// advanceSteps marks the steps Advance runs, given the steps done and the
+// namespaces available: opening restored mounts there, binds and attaches
+// whose mounts are ready (as in earlySteps) but those hold says to hold,
+// and nothing from the first step of another kind on: the sharing phase
+// and the flags come after every attach in a live plan, and run at Finish.
+func (a *applier) advanceSteps(done []bool, avail map[uint32]bool, hold func(Step) bool) []bool {
+	sel := make([]bool, len(a.plan.Steps))
+	ready := make([]bool, len(a.plan.Handles))
+	ok := func(hs ...Handle) bool {
+		for _, h := range hs {
+			if h == NoHandle || !ready[h] {
+				return false
+			}
+		}
+		return true
+	}
+	for i, s := range a.plan.Steps {
+		if done[i] {
+			if s.Op == OpNewSuperblock || s.Op == OpBind {
+				ready[s.Handle] = true
+			}
+			continue
+		}
+		switch s.Op {
+		case OpOpenLive:
+			sel[i] = avail[s.NS]
+			ready[s.Handle] = sel[i]
+		case OpBind:
+			info := a.plan.Handles[s.From]
+			where := a.executor(s)
+			sel[i] = ok(s.From) && !s.Deleted && !info.Helper && (where == 0 || avail[where])
+			ready[s.Handle] = sel[i]
+		case OpAttach:
+			sel[i] = ok(s.Handle, s.Parent) && avail[s.NS] && !hold(s)
+		case OpNewSuperblock, OpFillTmpfs, OpSetIDMap, OpOpenExternal:
+		default:
+			return sel
+		}
+		if sel[i] {
+			continue
+		}
+		reads := []Handle{s.Handle, s.From, s.Parent}
+		if s.Op == OpAttach {
+			reads = []Handle{s.Parent}
+		}
+		for _, h := range reads {
+			if h >= 0 && int(h) < len(ready) {
+				ready[h] = false
+			}
+		}
+	}
+	return sel
 }
 
 // Close undoes the early steps of an Early never finished.

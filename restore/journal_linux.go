@@ -18,7 +18,7 @@ func (a *applier) prepare() error {
 		return fail("this mount namespace", err)
 	}
 	if a.opt.Live != nil {
-		if err := a.startLive(); err != nil {
+		if err := a.startLive(a.plan.Namespaces); err != nil {
 			return fail("restored namespaces", err)
 		}
 		return nil

@@ -17,20 +17,25 @@ type liveState struct {
 }
 
 // startLive enters every namespace of a live plan.
-func (a *applier) startLive() error {
-	a.live = map[uint32]*liveState{}
-	for _, s := range a.plan.Steps {
-		if s.Op != OpOpenLive {
-			continue
+func (a *applier) startLive(ids []uint32) error {
+	if a.live == nil {
+		a.live = map[uint32]*liveState{}
+		for _, s := range a.plan.Steps {
+			if s.Op != OpOpenLive {
+				continue
+			}
+			st := a.live[s.NS]
+			if st == nil {
+				st = &liveState{want: map[uint32]Handle{}}
+				a.live[s.NS] = st
+			}
+			st.want[s.Mount] = s.Handle
 		}
-		st := a.live[s.NS]
-		if st == nil {
-			st = &liveState{want: map[uint32]Handle{}}
-			a.live[s.NS] = st
-		}
-		st.want[s.Mount] = s.Handle
 	}
-	for _, id := range a.plan.Namespaces {
+	for _, id := range ids {
+		if a.workers[id] != nil {
+			continue // started by Early.Advance
+		}
 		ln := a.opt.Live[id]
 		if ln == nil {
 			return fmt.Errorf("namespace %d: not found among the restored namespaces", id)
@@ -60,16 +65,9 @@ func (a *applier) openLive(s Step) error {
 	}
 	st.opened = true
 	ln := a.opt.Live[s.NS]
-	exposed := true
-	idx := childIndex(ln.Tree)
-	for id := range st.want {
-		m := ln.Mounts[id]
-		if m == nil {
-			return fmt.Errorf("image mount %d: no restored mount at its place", id)
-		}
-		if !isExposed(m, idx) {
-			exposed = false
-		}
+	exposed, err := wantedExposed(ln, st)
+	if err != nil {
+		return err
 	}
 	if exposed {
 		// Each is the topmost mount at its path in the tree just read; the
@@ -85,6 +83,23 @@ func (a *applier) openLive(s Step) error {
 		return nil
 	}
 	return a.peel(ln, st)
+}
+
+// wantedExposed says whether each restored mount the plan wants in ln is
+// the topmost at its mountpoint (opened by path, not peeled).
+func wantedExposed(ln *LiveNamespace, st *liveState) (bool, error) {
+	exposed := true
+	idx := childIndex(ln.Tree)
+	for id := range st.want {
+		m := ln.Mounts[id]
+		if m == nil {
+			return false, fmt.Errorf("image mount %d: no restored mount at its place", id)
+		}
+		if !isExposed(m, idx) {
+			exposed = false
+		}
+	}
+	return exposed, nil
 }
 
 type mountAt struct {

@@ -131,39 +131,47 @@ static void mntv2_pre_restore(char **envp) {
 	mntv2_recover_and_fail(envp);
 }
 
-// mntv2_post_restore hands the action to the resident of this CRIU, if it
-// has one (else it returns, and Go runs it), and exits with its answer.
-static void mntv2_post_restore(char **envp) {
+// mntv2_connect connects to the resident of this CRIU (the parent); -1 if
+// it has none.
+static int mntv2_connect(void) {
 	struct sockaddr_un sa;
 	socklen_t len = mntv2_resident_addr(&sa, getppid()), crl;
 	struct ucred cr;
-	struct msghdr msg;
-	struct iovec iov;
-	struct cmsghdr *c;
-	int fds[3] = {STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO};
-	char cbuf[CMSG_SPACE(sizeof(fds))], *buf, **e, st;
-	size_t n = 0;
-	ssize_t r;
 	int s;
 
-	for (e = envp; *e != NULL; e++)
-		n += strlen(*e) + 1;
-	if (n >= 65536)
-		return; // more than the resident reads
 	s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 	if (s < 0)
-		return;
+		return -1;
 	crl = sizeof(cr);
 	if (connect(s, (struct sockaddr *)&sa, len) < 0 || getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cr, &crl) < 0 ||
 	    cr.uid != 0) {
 		close(s);
-		return;
+		return -1;
 	}
+	return s;
+}
+
+// mntv2_send_env sends the environment, and extra (another NAME=VALUE)
+// if set, in one message, with this process's stdin, stdout and stderr if
+// stdio is set; 0 if it did.
+static int mntv2_send_env(int s, char **envp, int stdio, const char *extra) {
+	struct msghdr msg;
+	struct iovec iov;
+	struct cmsghdr *c;
+	int fds[3] = {STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO};
+	char cbuf[CMSG_SPACE(sizeof(fds))], *buf, **e;
+	size_t n = 0;
+	ssize_t r;
+
+	for (e = envp; *e != NULL; e++)
+		n += strlen(*e) + 1;
+	if (extra != NULL)
+		n += strlen(extra) + 1;
+	if (n >= 65536)
+		return -1; // more than the resident reads
 	buf = malloc(n + 1);
-	if (buf == NULL) {
-		close(s);
-		return;
-	}
+	if (buf == NULL)
+		return -1;
 	n = 0;
 	for (e = envp; *e != NULL; e++) {
 		size_t l = strlen(*e) + 1;
@@ -171,22 +179,40 @@ static void mntv2_post_restore(char **envp) {
 		memcpy(buf + n, *e, l);
 		n += l;
 	}
+	if (extra != NULL) {
+		memcpy(buf + n, extra, strlen(extra) + 1);
+		n += strlen(extra) + 1;
+	}
 	memset(&msg, 0, sizeof(msg));
-	memset(cbuf, 0, sizeof(cbuf));
 	iov.iov_base = buf;
 	iov.iov_len = n;
 	msg.msg_iov = &iov;
 	msg.msg_iovlen = 1;
-	msg.msg_control = cbuf;
-	msg.msg_controllen = sizeof(cbuf);
-	c = CMSG_FIRSTHDR(&msg);
-	c->cmsg_level = SOL_SOCKET;
-	c->cmsg_type = SCM_RIGHTS;
-	c->cmsg_len = CMSG_LEN(sizeof(fds));
-	memcpy(CMSG_DATA(c), fds, sizeof(fds));
+	if (stdio) {
+		memset(cbuf, 0, sizeof(cbuf));
+		msg.msg_control = cbuf;
+		msg.msg_controllen = sizeof(cbuf);
+		c = CMSG_FIRSTHDR(&msg);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(fds));
+		memcpy(CMSG_DATA(c), fds, sizeof(fds));
+	}
 	r = sendmsg(s, &msg, MSG_NOSIGNAL);
 	free(buf);
-	if (r < 0) {
+	return r < 0 ? -1 : 0;
+}
+
+// mntv2_post_restore hands the action to the resident of this CRIU, if it
+// has one (else it returns, and Go runs it), and exits with its answer.
+static void mntv2_post_restore(char **envp) {
+	ssize_t r;
+	char st;
+	int s = mntv2_connect();
+
+	if (s < 0)
+		return;
+	if (mntv2_send_env(s, envp, 1, NULL) < 0) {
 		close(s);
 		return;
 	}
@@ -204,6 +230,32 @@ static void mntv2_post_restore(char **envp) {
 		_exit((unsigned char)st);
 	fprintf(stderr, "mntv2: the resident hook died during post-restore: putting the original images back\n");
 	mntv2_recover_and_fail(envp);
+}
+
+// mntv2_post_setup_namespaces tells the resident, if there is one, that
+// CRIU's namespaces hold every mount CRIU makes, and exits at once: the
+// resident begins the completion there while CRIU restores the tasks
+// (restore.PreparedLive.Advance). Nothing waits for an answer: post-restore
+// is where a failure is told. The root task is still in the namespace it
+// built the others in (CRIU's roots yard) and waits for this action to
+// end before it enters its own: that namespace is sent along, for the
+// resident to wait until the root task has left it.
+static void mntv2_post_setup_namespaces(char **envp) {
+	const char *init = getenv("CRTOOLS_INIT_PID");
+	char path[64], yard[128] = "MNTV2_YARD_NS=";
+	ssize_t n = -1;
+	int s;
+
+	if (init != NULL && strlen(init) < 16) {
+		snprintf(path, sizeof(path), "/proc/%s/ns/mnt", init);
+		n = readlink(path, yard + strlen(yard), sizeof(yard) - strlen(yard) - 1);
+	}
+	if (n > 0 && (s = mntv2_connect()) >= 0) {
+		yard[strlen("MNTV2_YARD_NS=") + n] = '\0';
+		mntv2_send_env(s, envp, 0, yard);
+		close(s);
+	}
+	_exit(0);
 }
 
 // mntv2_action ends the process before the Go runtime starts for an
@@ -226,6 +278,8 @@ __attribute__((constructor)) static void mntv2_action(int argc, char **argv, cha
 		mntv2_post_restore(envp);
 		return;
 	}
+	if (strcmp(action, "post-setup-namespaces") == 0)
+		mntv2_post_setup_namespaces(envp);
 	_exit(0);
 }
 */
