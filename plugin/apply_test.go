@@ -196,12 +196,7 @@ func TestApplyLiveReduced(t *testing.T) {
 				} else {
 					rep, err = restore.ApplyLive(input, paths, restore.LiveOptions{Kept: kept, Images: d})
 				}
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, diff := range rep.Differences {
-					t.Error(diff)
-				}
+				checkIdentical(t, rep, err)
 				if rep.Created == 0 || rep.Created+len(kept) != rep.Mounts {
 					t.Errorf("made %d mounts, %d kept, of %d", rep.Created, len(kept), rep.Mounts)
 				}
@@ -413,17 +408,24 @@ func TestApplyLiveReducedReadOnlyParent(t *testing.T) {
 		} else {
 			rep, err = restore.ApplyLive(input, paths, restore.LiveOptions{Kept: kept, Images: d})
 		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, diff := range rep.Differences {
-			t.Error(diff)
-		}
+		checkIdentical(t, rep, err)
 		if rep.Created != 2 {
 			t.Errorf("made %d mounts, want 2", rep.Created)
 		}
 		if advanced && rep.AdvancedSteps > 1 {
 			t.Errorf("%d steps advanced: only the restored root's opening may be", rep.AdvancedSteps)
 		}
+	}
+}
+
+// checkIdentical fails the test unless a live restore succeeded and
+// verified identical.
+func checkIdentical(t *testing.T, rep *restore.LiveResult, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, diff := range rep.Differences {
+		t.Error(diff)
 	}
 }

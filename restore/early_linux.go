@@ -171,15 +171,8 @@ func (e *Early) Advance(live map[uint32]*LiveNamespace) (int, error) {
 // and the flags come after every attach in a live plan, and run at Finish.
 func (a *applier) advanceSteps(done []bool, avail map[uint32]bool, hold func(Step) bool) []bool {
 	sel := make([]bool, len(a.plan.Steps))
-	ready := make([]bool, len(a.plan.Handles))
-	ok := func(hs ...Handle) bool {
-		for _, h := range hs {
-			if h == NoHandle || !ready[h] {
-				return false
-			}
-		}
-		return true
-	}
+	r := newReadiness(len(a.plan.Handles))
+	ready, ok := r.ready, r.ok
 	for i, s := range a.plan.Steps {
 		if done[i] {
 			if s.Op == OpNewSuperblock || s.Op == OpBind {
@@ -202,20 +195,50 @@ func (a *applier) advanceSteps(done []bool, avail map[uint32]bool, hold func(Ste
 		default:
 			return sel
 		}
-		if sel[i] {
-			continue
-		}
-		reads := []Handle{s.Handle, s.From, s.Parent}
-		if s.Op == OpAttach {
-			reads = []Handle{s.Parent}
-		}
-		for _, h := range reads {
-			if h >= 0 && int(h) < len(ready) {
-				ready[h] = false
-			}
+		if !sel[i] {
+			r.later(s)
 		}
 	}
 	return sel
+}
+
+// readiness follows, step by step through a plan, which handles are
+// ready for a step run ahead of the others: made by a step run ahead, and
+// read by no step before it that was left for later.
+type readiness struct {
+	ready []bool
+	moved []bool // attached by a step left for later
+}
+
+func newReadiness(handles int) *readiness {
+	return &readiness{ready: make([]bool, handles), moved: make([]bool, handles)}
+}
+
+func (r *readiness) ok(hs ...Handle) bool {
+	for _, h := range hs {
+		if h == NoHandle || !r.ready[h] {
+			return false
+		}
+	}
+	return true
+}
+
+// later notes s left for later: what it reads is not ready from now on.
+// Moving a mount does not change what is on it (what was attached to it
+// ahead moves with it): an attach reads its parent only.
+func (r *readiness) later(s Step) {
+	reads := []Handle{s.Handle, s.From, s.Parent}
+	if s.Op == OpAttach {
+		reads = []Handle{s.Parent}
+		if s.Handle >= 0 && int(s.Handle) < len(r.moved) {
+			r.moved[s.Handle] = true
+		}
+	}
+	for _, h := range reads {
+		if h >= 0 && int(h) < len(r.ready) {
+			r.ready[h] = false
+		}
+	}
 }
 
 // Close undoes the early steps of an Early never finished.
@@ -237,16 +260,8 @@ func (e *Early) Close() {
 // attach under a shared mount would propagate).
 func (a *applier) earlySteps() []bool {
 	done := make([]bool, len(a.plan.Steps))
-	ready := make([]bool, len(a.plan.Handles))
-	moved := make([]bool, len(a.plan.Handles)) // attached by a step left for later
-	ok := func(hs ...Handle) bool {
-		for _, h := range hs {
-			if h == NoHandle || !ready[h] {
-				return false
-			}
-		}
-		return true
-	}
+	r := newReadiness(len(a.plan.Handles))
+	ready, moved, ok := r.ready, r.moved, r.ok
 	for i, s := range a.plan.Steps {
 		switch s.Op {
 		case OpNewSuperblock:
@@ -268,22 +283,8 @@ func (a *applier) earlySteps() []bool {
 		case OpAttach:
 			done[i] = ok(s.Handle, s.Parent) && !s.Persistent
 		}
-		if done[i] {
-			continue
-		}
-		reads := []Handle{s.Handle, s.From, s.Parent}
-		if s.Op == OpAttach {
-			// Moving a mount does not change what is on it: what is
-			// attached to it early moves with it.
-			reads = []Handle{s.Parent}
-			if s.Handle >= 0 && int(s.Handle) < len(moved) {
-				moved[s.Handle] = true
-			}
-		}
-		for _, h := range reads {
-			if h >= 0 && int(h) < len(ready) {
-				ready[h] = false
-			}
+		if !done[i] {
+			r.later(s)
 		}
 	}
 	return done
