@@ -66,8 +66,9 @@ type LiveResult struct {
 	EarlySteps   int     `json:"early_steps,omitempty"`
 	EarlySeconds float64 `json:"early_seconds,omitempty"`
 	// AdvancedSteps ran in the restored namespaces before Finish
-	// (PreparedLive.Advance).
-	AdvancedSteps int `json:"advanced_steps,omitempty"`
+	// (PreparedLive.Advance), in AdvancedSeconds.
+	AdvancedSteps   int     `json:"advanced_steps,omitempty"`
+	AdvancedSeconds float64 `json:"advanced_seconds,omitempty"`
 }
 
 // ApplyLive finishes the restored namespaces at nsPaths (image namespace
@@ -115,6 +116,7 @@ type PreparedLive struct {
 	advanced      map[uint32]*LiveNamespace
 	advanceErr    error
 	advancedSteps int
+	advancedTook  time.Duration
 }
 
 // PrepareLive prepares ApplyLive of input (see PreparedLive).
@@ -228,7 +230,9 @@ func (p *PreparedLive) Advance(nsPaths map[uint32]string, ready func(stop <-chan
 			return
 		}
 		p.advanced = live
+		start := time.Now()
 		p.advancedSteps, p.advanceErr = p.early.Advance(live)
+		p.advancedTook = time.Since(start)
 	}()
 }
 
@@ -342,7 +346,7 @@ func (p *PreparedLive) Finish(nsPaths map[uint32]string) (*LiveResult, error) {
 	readDone := time.Now()
 	original := p.original
 	out := &LiveResult{Namespaces: len(live), Mounts: original.Len(), Steps: len(plan.Steps), Helpers: plan.Helpers,
-		Warnings: plan.Warnings, Made: map[MountRef]bool{}, EarlySteps: p.EarlySteps, EarlySeconds: p.EarlySeconds, AdvancedSteps: p.advancedSteps}
+		Warnings: plan.Warnings, Made: map[MountRef]bool{}, EarlySteps: p.EarlySteps, EarlySeconds: p.EarlySeconds, AdvancedSteps: p.advancedSteps, AdvancedSeconds: p.advancedTook.Seconds()}
 	if opt.Kept != nil {
 		for _, ns := range original.Namespaces {
 			for _, m := range ns.Mounts {

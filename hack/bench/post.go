@@ -49,6 +49,8 @@ type reportDoc struct {
 		PlanSeconds   float64           `json:"plan_seconds"`
 		ApplySeconds  float64           `json:"apply_seconds"`
 		VerifySeconds float64           `json:"verify_seconds"`
+		EarlySeconds  float64           `json:"early_seconds"`
+		Advanced      float64           `json:"advanced_seconds"`
 		Seconds       float64           `json:"seconds"`
 		Mode          string            `json:"mode"`
 		Differences   []json.RawMessage `json:"differences"`
@@ -58,20 +60,25 @@ type reportDoc struct {
 // PostRow is post-restore's best run (least read + apply) of a container
 // in one mode, and the floor of its syscalls.
 type PostRow struct {
-	Mode        string            `json:"mode"` // reduce, strip, or "" (only verified)
-	Reports     int               `json:"reports"`
-	Namespaces  int               `json:"namespaces"`
-	Mounts      int               `json:"mounts"`
-	Created     int               `json:"created"` // mounts made (reduce mode)
-	Steps       int               `json:"steps"`
-	Syscalls    int               `json:"syscalls"`
-	Differences int               `json:"differences"`
-	ReadS       float64           `json:"read_s"` // read and match the restored namespaces; plan beside
-	PlanS       float64           `json:"plan_s"`
-	ApplyS      float64           `json:"apply_s"` // make, share, flags: the completion
-	VerifyS     float64           `json:"verify_s"`
-	TotalS      float64           `json:"total_s"` // PostRestore's whole time
-	Ops         map[string]OpTime `json:"ops"`
+	Mode        string  `json:"mode"` // reduce, strip, or "" (only verified)
+	Reports     int     `json:"reports"`
+	Namespaces  int     `json:"namespaces"`
+	Mounts      int     `json:"mounts"`
+	Created     int     `json:"created"` // mounts made (reduce mode)
+	Steps       int     `json:"steps"`
+	Syscalls    int     `json:"syscalls"`
+	Differences int     `json:"differences"`
+	ReadS       float64 `json:"read_s"` // read and match the restored namespaces; plan beside
+	PlanS       float64 `json:"plan_s"`
+	ApplyS      float64 `json:"apply_s"` // make, share, flags: the completion
+	// EarlyS and AdvancedS: the completion's steps run before
+	// post-restore (before the restored namespaces existed, and at
+	// post-setup-namespaces in them).
+	EarlyS    float64           `json:"early_s"`
+	AdvancedS float64           `json:"advanced_s"`
+	VerifyS   float64           `json:"verify_s"`
+	TotalS    float64           `json:"total_s"` // PostRestore's whole time
+	Ops       map[string]OpTime `json:"ops"`
 	// The floor (best of 5): the same mount syscalls in a bare loop,
 	// tmpfs content extracted from the same archives.
 	FloorS        float64 `json:"floor_s"`
@@ -107,7 +114,7 @@ func postFloor(imgDir string, reports []string) (*PostRow, error) {
 		r := doc.Report
 		row := &PostRow{Mode: r.Mode, Namespaces: r.Namespaces, Mounts: r.Mounts, Created: r.Created, Steps: r.Steps,
 			Syscalls: r.Result.Syscalls, Differences: len(r.Differences), ReadS: r.ReadSeconds, PlanS: r.PlanSeconds,
-			ApplyS: r.ApplySeconds, VerifyS: r.VerifySeconds, TotalS: r.Seconds, Ops: r.Result.Ops}
+			ApplyS: r.ApplySeconds, EarlyS: r.EarlySeconds, AdvancedS: r.Advanced, VerifyS: r.VerifySeconds, TotalS: r.Seconds, Ops: r.Result.Ops}
 		if best == nil || row.ReadS+row.ApplyS < best.ReadS+best.ApplyS {
 			best = row
 		}
