@@ -2,6 +2,7 @@ package restore
 
 import (
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/mntv2/mntv2/forest"
@@ -165,14 +166,27 @@ func (e *Early) Advance(live map[uint32]*LiveNamespace) (int, error) {
 }
 
 // advanceSteps marks the steps Advance runs, given the steps done and the
-// namespaces available: opening restored mounts there, binds and attaches
-// whose mounts are ready (as in earlySteps) but those hold says to hold,
+// namespaces available: opening restored mounts there, binds of mounts
+// made by the completion, and attaches whose mounts are ready (as in
+// earlySteps) but those hold says to hold,
 // and nothing from the first step of another kind on: the sharing phase
 // and the flags come after every attach in a live plan, and run at Finish.
 func (a *applier) advanceSteps(done []bool, avail map[uint32]bool, hold func(Step) bool) []bool {
 	sel := make([]bool, len(a.plan.Steps))
 	r := newReadiness(len(a.plan.Handles))
 	ready, ok := r.ready, r.ok
+	// Attaches left for later, by parent: a later attach under the same
+	// parent goes ahead only where neither mountpoint contains the other
+	// (siblings apart; "covered siblings before what covers them" kept).
+	deferred := map[Handle][]string{}
+	clear := func(s Step) bool {
+		for _, d := range deferred[s.Parent] {
+			if d == s.Path || d == "" || s.Path == "" || strings.HasPrefix(s.Path, d+"/") || strings.HasPrefix(d, s.Path+"/") {
+				return false
+			}
+		}
+		return true
+	}
 	for i, s := range a.plan.Steps {
 		if done[i] {
 			if s.Op == OpNewSuperblock || s.Op == OpBind {
@@ -185,17 +199,24 @@ func (a *applier) advanceSteps(done []bool, avail map[uint32]bool, hold func(Ste
 			sel[i] = avail[s.NS]
 			ready[s.Handle] = sel[i]
 		case OpBind:
+			// Not from a restored mount: what is in it is CRIU's until
+			// the tasks' files are restored (a socket a bind's root is,
+			// say, is unlinked and bound again by its listener then).
 			info := a.plan.Handles[s.From]
-			where := a.executor(s)
-			sel[i] = ok(s.From) && !s.Deleted && !info.Helper && (where == 0 || avail[where])
+			sel[i] = ok(s.From) && !s.Deleted && !info.Helper && !info.Live && !info.Root && a.executor(s) == 0
 			ready[s.Handle] = sel[i]
 		case OpAttach:
-			sel[i] = ok(s.Handle, s.Parent) && avail[s.NS] && !hold(s)
+			sel[i] = ok(s.Handle, s.Parent) && clear(s) && avail[s.NS] && !hold(s)
 		case OpNewSuperblock, OpFillTmpfs, OpSetIDMap, OpOpenExternal:
 		default:
 			return sel
 		}
-		if !sel[i] {
+		switch {
+		case sel[i]:
+		case s.Op == OpAttach && len(deferred[s.Parent]) < 64:
+			deferred[s.Parent] = append(deferred[s.Parent], s.Path)
+			r.moved[s.Handle] = true
+		default:
 			r.later(s)
 		}
 	}
@@ -256,7 +277,10 @@ func (e *Early) Close() {
 // stays early only while every step before it that reads the handle was
 // early too, so each mount sees its steps in the plan's order (moving a
 // mount is not reading it: what was attached to it early moves with it);
-// of the sharing only the MS_SHARED of a group born peers runs early (an
+// of the sharing only MS_SHARED runs early, on a mount every earlier step
+// of which ran early, its attach included (a born group's representative,
+// or one made shared after an assembly all done early): no step left for
+// later then attaches under it, or clones it, before it is shared (an
 // attach under a shared mount would propagate).
 func (a *applier) earlySteps() []bool {
 	done := make([]bool, len(a.plan.Steps))
@@ -271,10 +295,9 @@ func (a *applier) earlySteps() []bool {
 		case OpFillTmpfs, OpSetIDMap:
 			done[i] = ok(s.Handle)
 		case OpMakeShared:
-			// A group's representative its members are cloned from
-			// (bornPeers), before anything attaches it: once every step
-			// before it on the mount ran early, its own attach included,
-			// nothing left for later attaches under it or clones it.
+			// Once every step before it on the mount ran early, its
+			// own attach included, nothing left for later attaches
+			// under it or clones it before it is shared.
 			done[i] = ok(s.Handle) && !moved[s.Handle]
 		case OpBind:
 			info := a.plan.Handles[s.From]

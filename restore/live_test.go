@@ -256,7 +256,8 @@ func TestPlanDeepChain(t *testing.T) {
 // restore, and its representative is made shared before the restored
 // namespaces exist (early); a group with a member CRIU restored, or a
 // member with a child, is copied into with MOVE_MOUNT_SET_GROUP after the
-// attaches, and nothing of it is shared early.
+// attaches, and here nothing of it is shared early (its representative's
+// attach, under the restored root, waits for the restored namespace).
 func TestLivePlanBornPeers(t *testing.T) {
 	cases := []struct {
 		name            string
@@ -315,5 +316,53 @@ func TestLivePlanBornPeers(t *testing.T) {
 				t.Errorf("%d groups made shared early, want %d:\n%s", sharedEarly, want, planText(plan))
 			}
 		})
+	}
+}
+
+// At post-setup-namespaces (Early.Advance) a completion opens the restored
+// mounts and attaches under them what it made itself, but clones nothing
+// of a restored mount (CRIU still restores the files there), and an attach
+// left for later holds back only the attaches under the same parent whose
+// mountpoint contains it or lies in it.
+func TestAdvanceSteps(t *testing.T) {
+	f := forestOf(t,
+		"10 1 /usr /usr 2 0 0", // restored: an external bind, say
+		"11 1 /bin /usr/bin 2 0 0",
+		"12 1 /bin/x / 4 0 0",
+		"13 1 /mnt/a / 3 7 0",
+		"14 1 /mnt/b / 3 7 0",
+		"15 1 /mnt/b/c / 5 0 0",
+		"16 1 /srv/in /usr/srv 2 0 0",
+		"17 1 /srv / 6 0 0",
+	)
+	kept := map[MountRef]string{{NS: 1, Mount: 1}: "root", {NS: 1, Mount: 10}: "test"}
+	plan, err := NewLivePlan(Input{Forest: f, Live: &LiveInput{Kept: kept}, Auto: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &applier{plan: plan}
+	done := a.earlySteps()
+	sel := a.advanceSteps(done, map[uint32]bool{1: true}, func(Step) bool { return false })
+	ahead := map[string]bool{}
+	for i, s := range plan.Steps {
+		if sel[i] && s.Op == OpAttach {
+			ahead[s.Path] = true
+		}
+		if sel[i] && s.Op == OpBind && plan.Handles[s.From].Live {
+			t.Errorf("step %d (%s) clones a restored mount ahead", i, s)
+		}
+	}
+	// /bin/x, covered by /bin, is attached first in either case; /srv,
+	// which covers /srv/in, must wait for it.
+	want := map[string]bool{"mnt/a": true, "mnt/b": true, "mnt/b/c": true, "bin/x": true}
+	for p := range want {
+		if !ahead[p] {
+			t.Errorf("the attach at %s waits:\n%s", p, planText(plan))
+		}
+	}
+	for p := range ahead {
+		if !want[p] {
+			t.Errorf("the attach at %s runs ahead:\n%s", p, planText(plan))
+		}
 	}
 }
