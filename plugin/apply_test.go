@@ -208,6 +208,51 @@ func TestApplyLiveReduced(t *testing.T) {
 	}
 }
 
+// A completion over one already made, or begun by a resident hook that is
+// gone (post-setup-namespaces, then the action script on its own), is
+// refused, naming a mount that is there already, and changes nothing.
+func TestApplyLiveReducedTwice(t *testing.T) {
+	if !testns.Isolate(t) {
+		return
+	}
+	const fixture = "06-nested-mntns-peers"
+	d := openDir(t, filepath.Join(fixtures, fixture, "images"))
+	input, paths, kept := restoreReduced(t, fixture)
+	rep, err := restore.ApplyLive(input, paths, restore.LiveOptions{Kept: kept, Images: d})
+	checkIdentical(t, rep, err)
+	before := map[uint32]string{}
+	for id, p := range paths {
+		before[id] = mountsOf(t, p)
+	}
+	_, err = restore.ApplyLive(input, paths, restore.LiveOptions{Kept: kept, Images: d})
+	if err == nil || !strings.Contains(err.Error(), "is there already") {
+		t.Fatalf("second completion: %v, want a refusal naming a mount that is there already", err)
+	}
+	for id, p := range paths {
+		if got := mountsOf(t, p); got != before[id] {
+			t.Errorf("namespace %d changed:\n%s\nwas\n%s", id, got, before[id])
+		}
+	}
+}
+
+// mountsOf is the mount namespace at nsPath as text.
+func mountsOf(t *testing.T, nsPath string) string {
+	t.Helper()
+	nm, err := forest.ReadNamespaceFile(nsPath, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := forest.Build([]forest.NamespaceMounts{nm})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	if err := forest.WriteText(&b, f); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
 // A completion prepared ahead and never finished (CRIU died) leaves
 // nothing: no fd, no mount in this namespace.
 func TestPrepareLiveClose(t *testing.T) {

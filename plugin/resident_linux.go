@@ -334,8 +334,24 @@ func (r *resident) advance(getenv func(string) string) {
 	if err != nil || !ok {
 		return
 	}
+	// Held from now on: the pid stays the root task's while it is open.
+	task, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return
+	}
 	nsPath := "/proc/" + strconv.Itoa(pid) + "/ns/mnt"
-	r.pre.live.Advance(map[uint32]string{rootNS: nsPath}, leftYard(nsPath, getenv(envYardNS), r.gone))
+	wait := leftYard(nsPath, getenv(envYardNS), func() bool { return r.gone() || readable(task) })
+	r.pre.live.Advance(map[uint32]string{rootNS: nsPath}, func(stop <-chan struct{}) bool {
+		defer unix.Close(task)
+		return wait(stop)
+	})
+}
+
+// readable says whether fd (a pidfd: its process exited) polls readable.
+func readable(fd int) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	return err == nil && n > 0
 }
 
 // envYardNS is the namespace CRIU's root task built the restored ones in
@@ -346,12 +362,14 @@ const envYardNS = "MNTV2_YARD_NS"
 // leftYard waits until the namespace at nsPath is no longer yard: at
 // post-setup-namespaces CRIU's root task is still in the namespace it built
 // the restored ones in, and enters its own once the action ends
-// (criu/mount.c restore_task_mnt_ns). It gives up when stop closes, CRIU
-// is gone, or after a few seconds (CRIU stopped: compat mode, say, may
-// leave the root task where it is).
+// (criu/mount.c restore_task_mnt_ns), a few milliseconds later. It looks
+// every 100 us for 20 ms, then every millisecond, and gives up when stop
+// closes (post-restore began), gone says so, or after a few seconds (a
+// root task that never leaves it: compat mode, say).
 func leftYard(nsPath, yard string, gone func() bool) func(stop <-chan struct{}) bool {
 	return func(stop <-chan struct{}) bool {
-		deadline := time.Now().Add(5 * time.Second)
+		start := time.Now()
+		deadline := start.Add(5 * time.Second)
 		for {
 			now, err := os.Readlink(nsPath)
 			if err != nil {
@@ -365,10 +383,15 @@ func leftYard(nsPath, yard string, gone func() bool) func(stop <-chan struct{}) 
 				return false
 			default:
 			}
-			if gone() || time.Now().After(deadline) {
+			t := time.Now()
+			if gone() || t.After(deadline) {
 				return false
 			}
-			time.Sleep(100 * time.Microsecond)
+			if t.Sub(start) < 20*time.Millisecond {
+				time.Sleep(100 * time.Microsecond)
+			} else {
+				time.Sleep(time.Millisecond)
+			}
 		}
 	}
 }

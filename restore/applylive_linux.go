@@ -257,6 +257,28 @@ func liveNamespace(ns, lns *forest.Namespace, nsPath string) (*LiveNamespace, er
 	return ln, nil
 }
 
+// noneMadeYet says, in reduce mode, whether a mount this completion is to
+// make is in the restored namespace lns already: another completion began
+// there and is gone (a resident hook that died after post-setup-
+// namespaces), and making the mounts again would stack them on its.
+func (p *PreparedLive) noneMadeYet(id uint32, lns *forest.Namespace) error {
+	if p.opt.Kept == nil {
+		return nil
+	}
+	for _, ns := range p.original.Namespaces {
+		if ns.ID != id {
+			continue
+		}
+		for e, f := range forest.Match(ns, lns).Pairs {
+			if _, kept := p.opt.Kept[MountRef{id, e.ID}]; !kept {
+				return fmt.Errorf("namespace %d: mount %d (%s), which CRIU was not given, is there already (mount %d): a completion begun before post-restore is gone; not making it again",
+					id, e.ID, e.Mountpoint, f.ID)
+			}
+		}
+	}
+	return nil
+}
+
 // waitAdvance stops Advance's wait for its namespaces and waits for the
 // steps it began, if it was started.
 func (p *PreparedLive) waitAdvance() {
@@ -325,6 +347,9 @@ func (p *PreparedLive) Finish(nsPaths map[uint32]string) (*LiveResult, error) {
 		}
 		ln, err := liveNamespace(ns, p.trees[byID[ns.ID]].Namespaces[0], nsPaths[ns.ID])
 		if err != nil {
+			return nil, err
+		}
+		if err := p.noneMadeYet(ns.ID, ln.Tree); err != nil {
 			return nil, err
 		}
 		live[ns.ID] = ln
