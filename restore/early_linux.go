@@ -168,9 +168,9 @@ func (e *Early) Advance(live map[uint32]*LiveNamespace) (int, error) {
 // advanceSteps marks the steps Advance runs, given the steps done and the
 // namespaces available: opening restored mounts there, binds of mounts
 // made by the completion, and attaches whose mounts are ready (as in
-// earlySteps) but those hold says to hold,
-// and nothing from the first step of another kind on: the sharing phase
-// and the flags come after every attach in a live plan, and run at Finish.
+// earlySteps), but those hold holds back; and nothing from the first step
+// of another kind on: the sharing phase and the flags come after every
+// attach in a live plan, and run at Finish.
 func (a *applier) advanceSteps(done []bool, avail map[uint32]bool, hold func(Step) bool) []bool {
 	sel := make([]bool, len(a.plan.Steps))
 	r := newReadiness(len(a.plan.Handles))
@@ -215,7 +215,6 @@ func (a *applier) advanceSteps(done []bool, avail map[uint32]bool, hold func(Ste
 		case sel[i]:
 		case s.Op == OpAttach && len(deferred[s.Parent]) < 64:
 			deferred[s.Parent] = append(deferred[s.Parent], s.Path)
-			r.moved[s.Handle] = true
 		default:
 			r.later(s)
 		}

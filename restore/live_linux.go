@@ -16,7 +16,9 @@ type liveState struct {
 	want   map[uint32]Handle // image mount id -> handle, for every open-live step
 }
 
-// startLive enters every namespace of a live plan.
+// startLive enters the namespaces ids of a live plan (once each: Advance
+// may have entered some), after noting, the first time, which restored
+// mounts each open-live step wants.
 func (a *applier) startLive(ids []uint32) error {
 	if a.live == nil {
 		a.live = map[uint32]*liveState{}
