@@ -139,13 +139,10 @@ func (n *Notify) PostSetupNamespaces() error {
 	if n.pre.live == nil {
 		return nil
 	}
-	id, ok, err := n.dir.RootMountNamespace()
-	nsPath := fmt.Sprintf("/proc/%d/ns/mnt", n.root)
 	// The root task waits for this notification to end before it leaves
 	// the namespace it built the restored ones in (see leftYard).
-	yard, yerr := os.Readlink(nsPath)
-	if err == nil && ok && yerr == nil {
-		n.pre.live.Advance(map[uint32]string{id: nsPath}, leftYard(nsPath, yard, func() bool { return false }))
+	if yard, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", n.root)); err == nil {
+		advanceRoot(n.pre.live, n.dir, n.root, yard, func() bool { return false })
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mntv2/mntv2/images"
+	"github.com/mntv2/mntv2/restore"
 	"golang.org/x/sys/unix"
 )
 
@@ -330,7 +331,14 @@ func (r *resident) advance(getenv func(string) string) {
 		r.log.Warn("resident hook: post-setup-namespaces names a task that is not CRIU's", "pid", pid)
 		return
 	}
-	rootNS, ok, err := r.d.RootMountNamespace()
+	advanceRoot(r.pre.live, r.d, pid, getenv(envYardNS), r.gone)
+}
+
+// advanceRoot begins a completion (restore.PreparedLive.Advance) in the
+// namespace of the restored root task pid, once it has left yard (see
+// leftYard); gone says CRIU is gone.
+func advanceRoot(live *restore.PreparedLive, d *images.Dir, pid int, yard string, gone func() bool) {
+	rootNS, ok, err := d.RootMountNamespace()
 	if err != nil || !ok {
 		return
 	}
@@ -340,8 +348,8 @@ func (r *resident) advance(getenv func(string) string) {
 		return
 	}
 	nsPath := "/proc/" + strconv.Itoa(pid) + "/ns/mnt"
-	wait := leftYard(nsPath, getenv(envYardNS), func() bool { return r.gone() || readable(task) })
-	r.pre.live.Advance(map[uint32]string{rootNS: nsPath}, func(stop <-chan struct{}) bool {
+	wait := leftYard(nsPath, yard, func() bool { return gone() || readable(task) })
+	live.Advance(map[uint32]string{rootNS: nsPath}, func(stop <-chan struct{}) bool {
 		defer unix.Close(task)
 		return wait(stop)
 	})
