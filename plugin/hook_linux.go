@@ -177,6 +177,9 @@ func postRestoreAction(d *images.Dir, getenv func(string) string, s Settings, lo
 		tree = holdTree(pid)
 		defer tree.release()
 	}
+	if s.ReportFile != "" {
+		go warmReport()
+	}
 	if pause := pauseAt(getenv("MNTV2_TEST_PAUSE"), log, s.Stop); pause != nil {
 		_ = pause("post-restore")
 	}
@@ -354,13 +357,21 @@ var errStopped = errors.New("stopped: the action script CRIU ran has died")
 // ReportSchema names the JSON MNTV2_REPORT receives.
 const ReportSchema = "mntv2.post-restore-report/v1"
 
+// reportDoc is the JSON MNTV2_REPORT receives.
+type reportDoc struct {
+	Schema string  `json:"schema"`
+	Error  string  `json:"error,omitempty"`
+	Report *Report `json:"report,omitempty"`
+}
+
+// warmReport has encoding/json build its encoder of the report, which it
+// does on first use (up to a millisecond): post-restore calls it on
+// another thread meanwhile, not after the mounts are verified.
+func warmReport() { _, _ = json.Marshal(reportDoc{Report: &Report{}}) }
+
 // writeReport writes what post-restore did and found to file (MNTV2_REPORT).
 func writeReport(file string, rep *Report, err error, log *slog.Logger) {
-	doc := struct {
-		Schema string  `json:"schema"`
-		Error  string  `json:"error,omitempty"`
-		Report *Report `json:"report,omitempty"`
-	}{Schema: ReportSchema, Report: rep}
+	doc := reportDoc{Schema: ReportSchema, Report: rep}
 	if err != nil {
 		doc.Error = err.Error()
 	}

@@ -32,7 +32,8 @@ type applier struct {
 	// dropped, which closes them on success after the caller's wait
 	// (closeAsync; see Early.Finish): closing a thousand fds is a
 	// millisecond of CRIU's wait, and changes nothing verification sees (a
-	// detached mount is in no namespace).
+	// detached mount is in no namespace). On success release does not
+	// wait for the workers' ends either.
 	closeLater bool
 	closeAsync bool
 	dropped    []int

@@ -145,7 +145,13 @@ func (a *applier) release() {
 		unix.Close(fd)
 	}
 	for _, w := range a.workers {
-		w.stop()
+		if a.closeAsync {
+			// A completion that succeeded does not wait for its
+			// workers' ends either: CRIU waits meanwhile.
+			w.end()
+		} else {
+			w.stop()
+		}
 	}
 	for _, fd := range a.idmapNS {
 		unix.Close(fd)
