@@ -1,12 +1,13 @@
 package forest
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
+	"sync"
 
 	"github.com/mntv2/mntv2/internal/mntns"
 	"golang.org/x/sys/unix"
@@ -19,18 +20,60 @@ func ReadMountinfoFile(path string, nsID uint32) (NamespaceMounts, error) {
 		return NamespaceMounts{}, err
 	}
 	defer f.Close()
-	// One large read: a mountinfo of thousands of mounts read 4 KiB at a
-	// time (bufio's default) costs the kernel a restart of its listing
-	// per read, most of the time reading takes.
-	data, err := readAll(f)
-	if err != nil {
-		return NamespaceMounts{}, fmt.Errorf("%s: %w", path, err)
-	}
-	nm, err := FromMountinfo(bytes.NewReader(data), nsID)
+	nm, err := parseMountinfoFile(f, nsID)
 	if err != nil {
 		return NamespaceMounts{}, fmt.Errorf("%s: %w", path, err)
 	}
 	return nm, nil
+}
+
+// mountinfoPiece is how much of a mountinfo file one read asks for.
+// This kernel finds where a read of /proc/PID/mountinfo left off by the
+// mount's id (a tree lookup): pieces cost little more than one large read
+// (1.62 against 1.39 ms at 1021 mounts in reads of 4 KiB).
+const mountinfoPiece = 16 << 10
+
+// parseMountinfoFile reads f, a mountinfo file, as namespace nsID. Each piece
+// read is parsed on another goroutine while the next is read: the kernel
+// takes about 1.4 us a mount to write mountinfo, and the parse (a third of
+// that) is mostly done when the last piece comes.
+func parseMountinfoFile(f *os.File, nsID uint32) (NamespaceMounts, error) {
+	p := newMountinfoParser(nsID)
+	pieces := make(chan []byte, 64)
+	var perr error
+	parsed := make(chan struct{})
+	go func() {
+		defer close(parsed)
+		for b := range pieces {
+			if perr == nil {
+				perr = p.feed(b)
+			}
+		}
+	}()
+	var rerr error
+	for {
+		b := make([]byte, mountinfoPiece)
+		n, err := f.Read(b)
+		if n > 0 {
+			pieces <- b[:n]
+		}
+		if err == io.EOF || err == nil && n == 0 {
+			break
+		}
+		if err != nil {
+			rerr = err
+			break
+		}
+	}
+	close(pieces)
+	<-parsed
+	if rerr != nil {
+		return NamespaceMounts{}, rerr
+	}
+	if perr != nil {
+		return NamespaceMounts{}, perr
+	}
+	return p.finish()
 }
 
 // ReadPID reads the mount namespace of a process, as namespace nsID. Only
@@ -94,11 +137,7 @@ func ReadNamespaceFile(nsPath string, nsID uint32) (NamespaceMounts, error) {
 		}
 		f := os.NewFile(uintptr(mfd), "/proc/thread-self/mountinfo")
 		defer f.Close()
-		data, err := readAll(f)
-		if err != nil {
-			return err
-		}
-		if nm, err = FromMountinfo(bytes.NewReader(data), nsID); err != nil {
+		if nm, err = parseMountinfoFile(f, nsID); err != nil {
 			return err
 		}
 		return fillIDMaps(&nm, 0)
@@ -125,31 +164,24 @@ func ReadNamespaceFiles(paths map[uint32]string) ([]NamespaceMounts, error) {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
-	found := make([]NamespaceMounts, 0, len(ids))
-	for _, id := range ids {
-		nm, err := ReadNamespaceFile(paths[id], id)
+	// Each on a thread of its own: the kernel writes each mountinfo.
+	found := make([]NamespaceMounts, len(ids))
+	errs := make([]error, len(ids))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, max(2, runtime.NumCPU()))
+	for i, id := range ids {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			found[i], errs[i] = ReadNamespaceFile(paths[id], id)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
 		if err != nil {
 			return nil, err
 		}
-		found = append(found, nm)
 	}
 	return found, nil
-}
-
-// readAll reads f to its end in reads of at least 256 KiB.
-func readAll(f *os.File) ([]byte, error) {
-	buf := make([]byte, 0, 256<<10)
-	for {
-		if cap(buf)-len(buf) < 64<<10 {
-			buf = slices.Grow(buf, cap(buf))
-		}
-		n, err := f.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if err == io.EOF || err == nil && n == 0 {
-			return buf, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
 }

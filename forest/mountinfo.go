@@ -3,6 +3,7 @@ package forest
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -15,19 +16,63 @@ const deletedSuffix = "//deleted"
 // FromMountinfo reads one namespace's mountinfo (the format of
 // /proc/PID/mountinfo) and gives its mounts, unvalidated, as namespace nsID.
 func FromMountinfo(r io.Reader, nsID uint32) (NamespaceMounts, error) {
-	infos, err := parseMountinfo(r)
+	data, err := io.ReadAll(r)
 	if err != nil {
 		return NamespaceMounts{}, fmt.Errorf("parse mountinfo: %w", err)
 	}
-	out := NamespaceMounts{ID: nsID, Mounts: make([]Mount, 0, len(infos))}
-	for _, in := range infos {
+	p := newMountinfoParser(nsID)
+	if err := p.feed(data); err != nil {
+		return NamespaceMounts{}, err
+	}
+	return p.finish()
+}
+
+// mountinfoParser parses mountinfo in pieces as they are read, each
+// ending anywhere: the complete lines of each piece as it comes.
+type mountinfoParser struct {
+	carry string // the piece's last line, not ended yet
+	infos []info // scratch
+	out   NamespaceMounts
+}
+
+func newMountinfoParser(nsID uint32) *mountinfoParser {
+	return &mountinfoParser{out: NamespaceMounts{ID: nsID}}
+}
+
+// feed parses the lines that b completes.
+func (p *mountinfoParser) feed(b []byte) error {
+	// One string per piece: every field is a substring of it (a
+	// restore's verification parses thousands of lines).
+	s := p.carry + string(b)
+	end := strings.LastIndexByte(s, '\n') + 1
+	p.carry = s[end:]
+	return p.lines(s[:end])
+}
+
+// finish parses what is left and gives the mounts.
+func (p *mountinfoParser) finish() (NamespaceMounts, error) {
+	if err := p.lines(p.carry); err != nil {
+		return NamespaceMounts{}, err
+	}
+	p.carry = ""
+	return p.out, nil
+}
+
+func (p *mountinfoParser) lines(s string) error {
+	infos, err := parseLines(s, p.infos[:0])
+	p.infos = infos
+	if err != nil {
+		return fmt.Errorf("parse mountinfo: %w", err)
+	}
+	for i := range infos {
+		in := &infos[i]
 		m, err := fromInfo(in)
 		if err != nil {
-			return NamespaceMounts{}, fmt.Errorf("parse mountinfo: mount %d (%q): %w", in.ID, in.Mountpoint, err)
+			return fmt.Errorf("parse mountinfo: mount %d (%q): %w", in.ID, in.Mountpoint, err)
 		}
-		out.Mounts = append(out.Mounts, m)
+		p.out.Mounts = append(p.out.Mounts, m)
 	}
-	return out, nil
+	return nil
 }
 
 // info is one line of mountinfo (proc(5)), its paths unescaped:
@@ -50,10 +95,20 @@ func parseMountinfo(r io.Reader) ([]*info, error) {
 	if err != nil {
 		return nil, err
 	}
-	// One string for the whole table: every field is a substring of it
-	// (a restore's verification parses thousands of lines).
-	all := string(data)
-	infos := make([]info, 0, strings.Count(all, "\n")+1)
+	infos, err := parseLines(string(data), nil)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*info, len(infos))
+	for i := range infos {
+		out[i] = &infos[i]
+	}
+	return out, nil
+}
+
+// parseLines appends the lines of all to infos.
+func parseLines(all string, infos []info) ([]info, error) {
+	infos = slices.Grow(infos, strings.Count(all, "\n")+1)
 	var f []string
 	var at []int // where each field of f starts in its line
 	for len(all) > 0 {
@@ -102,11 +157,7 @@ func parseMountinfo(r io.Reader) ([]*info, error) {
 			Optional: join(6, sep), FSType: unescape(f[sep+1]), Source: unescape(f[sep+2]),
 			VFSOptions: join(sep+3, len(f))})
 	}
-	out := make([]*info, len(infos))
-	for i := range infos {
-		out[i] = &infos[i]
-	}
-	return out, nil
+	return infos, nil
 }
 
 // unescape undoes mountinfo's octal escapes (\040 for a space, \011,
