@@ -6,9 +6,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -234,8 +234,6 @@ func (d *Dir) Mounts(nsID uint32) ([]Mount, error) {
 	return img.Mounts()
 }
 
-var mountpointsName = regexp.MustCompile(`^mountpoints-([0-9]{1,10})\.img$`)
-
 // MountNamespaces lists the mount namespace ids that have a mountpoints
 // image, in increasing order.
 func (d *Dir) MountNamespaces() ([]uint32, error) {
@@ -245,11 +243,12 @@ func (d *Dir) MountNamespaces() ([]uint32, error) {
 	}
 	var ids []uint32
 	for _, n := range names {
-		m := mountpointsName.FindStringSubmatch(n)
-		if m == nil {
+		// mountpoints-<id>.img, the id in decimal digits only.
+		s, ok := strings.CutPrefix(n, "mountpoints-")
+		if s, ok = strings.CutSuffix(s, ".img"); !ok || s == "" || len(s) > 10 || strings.Trim(s, "0123456789") != "" {
 			continue
 		}
-		id, err := strconv.ParseUint(m[1], 10, 32)
+		id, err := strconv.ParseUint(s, 10, 32)
 		if err != nil {
 			continue
 		}

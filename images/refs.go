@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/fdinfo"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/fh"
@@ -42,15 +43,18 @@ var Files = Type{Name: "files", Magic: 0x56303138, Common: true}
 // or name mounts only through files.img or mountpoints (criu/image-desc.c);
 // tmpfs content, binfmt_misc and autofs images belong to mounts CRIU
 // restores itself, and mntv2's own files are kept by its hook.
-var imageKinds = regexp.MustCompile(`^(` + strings.Join([]string{
-	`inventory`, `pstree`, `files`, `seccomp`, `cgroup`, `apparmor`, `cpuinfo`, `sk-queues`,
-	`pipes-data`, `fifo-data`, `tty-info`, `tty-data`, `filelocks`, `memfd`, `bpfmap-data`,
-	`remap-fpath`, `irmap-cache`, `binfmt-misc`,
-	`(core|ids|mm|vmas|fs|fdinfo|sigacts|itimers|posix-timers|creds|rlimit|signal-s|signal-p)-[0-9]+`,
-	`(pagemap|pagemap-shmem|pages|pages-shmem)-[0-9]+`,
-	`(utsns|ipcns-var|ipcns-shm|ipcns-msg|ipcns-sem|userns|timens|pidns|netns|netdev|ifaddr|route|route6|rule|iptables|ip6tables|nftables|netns-ct|netns-exp)-[0-9]+`,
-	`(tcp-stream|ghost-file)-[0-9a-f]+`, `mountpoints-[0-9]+`, `binfmt-misc-[0-9]+`, `autofs-[0-9]+`,
-}, "|") + `)\.img$|^tmpfs-(dev-)?[0-9]+\.tar\.gz\.img$|^stats-[a-z]+$|^mntv2-|^\.mntv2-`)
+// Compiled on first use, not at every start of mntv2.
+var imageKinds = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^(` + strings.Join([]string{
+		`inventory`, `pstree`, `files`, `seccomp`, `cgroup`, `apparmor`, `cpuinfo`, `sk-queues`,
+		`pipes-data`, `fifo-data`, `tty-info`, `tty-data`, `filelocks`, `memfd`, `bpfmap-data`,
+		`remap-fpath`, `irmap-cache`, `binfmt-misc`,
+		`(core|ids|mm|vmas|fs|fdinfo|sigacts|itimers|posix-timers|creds|rlimit|signal-s|signal-p)-[0-9]+`,
+		`(pagemap|pagemap-shmem|pages|pages-shmem)-[0-9]+`,
+		`(utsns|ipcns-var|ipcns-shm|ipcns-msg|ipcns-sem|userns|timens|pidns|netns|netdev|ifaddr|route|route6|rule|iptables|ip6tables|nftables|netns-ct|netns-exp)-[0-9]+`,
+		`(tcp-stream|ghost-file)-[0-9a-f]+`, `mountpoints-[0-9]+`, `binfmt-misc-[0-9]+`, `autofs-[0-9]+`,
+	}, "|") + `)\.img$|^tmpfs-(dev-)?[0-9]+\.tar\.gz\.img$|^stats-[a-z]+$|^mntv2-|^\.mntv2-`)
+})
 
 // Files that are in images directories but are no images CRIU reads.
 func notAnImage(name string) bool {
@@ -71,7 +75,7 @@ func (d *Dir) MountRefs() (MountRefs, error) {
 	}
 	slices.Sort(names)
 	for _, n := range names {
-		if !imageKinds.MatchString(n) && !notAnImage(n) {
+		if !imageKinds().MatchString(n) && !notAnImage(n) {
 			refs.KeepAll = fmt.Sprintf("%s is an image mntv2 does not know, and it may name mounts", n)
 			return refs, nil
 		}
