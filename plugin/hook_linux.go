@@ -49,6 +49,10 @@ type Settings struct {
 	// beforeWrite, when set, runs before the rewrite's first write (the
 	// Notify's watcher is armed then).
 	beforeWrite func() error
+	// planned, when set, receives pre-restore's rewrite once it is
+	// computed, before it is written (the Notify makes the completion
+	// ready meanwhile).
+	planned func(pre *rewritten)
 }
 
 // LoadSettings reads the settings from getenv, then from ConfigFile.
@@ -302,11 +306,19 @@ func preRestore(d *images.Dir, owner int, token string, getenv func(string) stri
 	if s.Strip {
 		opt.Mode = ModeStrip
 	}
+	if s.planned != nil {
+		opt.Planned = func(man *Manifest) {
+			pre.man = man
+			s.planned(pre)
+		}
+	}
 	man, err := Rewrite(d, owner, token, opt)
 	if err != nil {
 		return nil, fmt.Errorf("pre-restore: images %s: %w", d.Path(), err)
 	}
-	pre.man = man
+	if pre.man == nil {
+		pre.man = man // else set already (planned), and read by its completion
+	}
 	if *opt.Reason != "" {
 		log.Info("pre-restore: CRIU restores every mount (strip and reapply): " + *opt.Reason)
 	}

@@ -94,11 +94,23 @@ func (n *Notify) rewrite(armed func() error, token string) {
 		}
 		return nil
 	}
+	// The completion is made ready as soon as the rewrite is computed:
+	// writing it (an fsync of the directory or two) takes milliseconds
+	// the completion's early steps run in. A rewrite that fails after has
+	// the completion closed unused (Close).
+	s.planned = n.prepare
 	pre, err := preRestore(n.dir, os.Getpid(), token, os.Getenv, s)
 	if err != nil {
 		n.aheadErr = err
 		return
 	}
+	if n.prepared == nil {
+		n.prepare(pre) // nothing to rewrite
+	}
+}
+
+// prepare makes pre's completion ready on a goroutine (n.prepared).
+func (n *Notify) prepare(pre *rewritten) {
 	n.pre, n.prepared = pre, make(chan struct{})
 	go func() {
 		defer close(n.prepared)

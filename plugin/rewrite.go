@@ -190,6 +190,9 @@ type RewriteOptions struct {
 	Reason *string
 	// Originals, when set, receives the mounts of the original images.
 	Originals *[]forest.NamespaceMounts
+	// Planned, when set, receives the manifest once the rewrite is
+	// computed, before anything is written (Originals are set then).
+	Planned func(man *Manifest)
 }
 
 // Rewrite rewrites the mountpoints images of d for the CRIU process owner,
@@ -208,6 +211,9 @@ func Rewrite(d *images.Dir, owner int, token string, opt RewriteOptions) (*Manif
 	p, err := planRewrite(d, owner, token, opt)
 	if err != nil || p == nil {
 		return nil, err
+	}
+	if opt.Planned != nil {
+		opt.Planned(p.man)
 	}
 	return p.commit(d, fail)
 }
