@@ -245,7 +245,10 @@ func (d *Dir) MountNamespaces() ([]uint32, error) {
 	for _, n := range names {
 		// mountpoints-<id>.img, the id in decimal digits only.
 		s, ok := strings.CutPrefix(n, "mountpoints-")
-		if s, ok = strings.CutSuffix(s, ".img"); !ok || s == "" || len(s) > 10 || strings.Trim(s, "0123456789") != "" {
+		if ok {
+			s, ok = strings.CutSuffix(s, ".img")
+		}
+		if !ok || s == "" || len(s) > 10 || strings.Trim(s, "0123456789") != "" {
 			continue
 		}
 		id, err := strconv.ParseUint(s, 10, 32)
