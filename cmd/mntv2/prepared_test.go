@@ -15,12 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/checkpoint-restore/go-criu/v7/crit/images/fdinfo"
-	"github.com/checkpoint-restore/go-criu/v7/crit/images/fown"
-	"github.com/checkpoint-restore/go-criu/v7/crit/images/regfile"
 	"github.com/mntv2/mntv2/images"
+	"github.com/mntv2/mntv2/internal/testns"
 	"github.com/mntv2/mntv2/plugin"
-	"google.golang.org/protobuf/proto"
 )
 
 // A rewrite prepared at post-dump (plugin.Prepare) is put in place by the
@@ -54,7 +51,7 @@ func TestHookPrepared(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := copyImages(t, "02-peers-no-common-root")
-			writeFilesImage(t, dir)
+			testns.WriteFilesImage(t, dir)
 			d, err := images.Open(dir)
 			if err != nil {
 				t.Fatal(err)
@@ -160,42 +157,4 @@ cat "$1"/mntv2-manifest.json >> "$2"`
 func digest(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
-}
-
-// writeFilesImage gives the images of dir (a fixture, which keeps no
-// files.img) one open file, on the root mount of the root namespace: the
-// other mounts are mntv2's to make in reduce mode.
-func writeFilesImage(t *testing.T, dir string) {
-	t.Helper()
-	d, err := images.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	ns, _, err := d.RootMountNamespace()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ms, err := d.Mounts(ns)
-	if err != nil || len(ms) == 0 {
-		t.Fatal(ms, err)
-	}
-	var root int32 = -1
-	for _, m := range ms {
-		if m.Mountpoint == "/" {
-			root = int32(m.MntID)
-		}
-	}
-	u := uint32(0)
-	fe := &fdinfo.FileEntry{Type: fdinfo.FdTypes_REG.Enum(), Id: proto.Uint32(1), Reg: &regfile.RegFileEntry{
-		Id: proto.Uint32(1), Flags: &u, Pos: proto.Uint64(0), Name: proto.String("/etc/hostname"), MntId: &root,
-		Fown: &fown.FownEntry{Uid: &u, Euid: &u, Signum: &u, PidType: &u, Pid: &u}}}
-	rec, err := proto.Marshal(fe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img := &images.Image{File: "files.img", Type: images.Files, Records: [][]byte{rec}}
-	if err := os.WriteFile(filepath.Join(dir, img.File), img.Bytes(), 0o600); err != nil {
-		t.Fatal(err)
-	}
 }

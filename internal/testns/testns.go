@@ -19,6 +19,12 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/fdinfo"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/fown"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/regfile"
+	"github.com/mntv2/mntv2/images"
+	"google.golang.org/protobuf/proto"
 )
 
 const envName = "MNTV2_TESTNS"
@@ -146,4 +152,42 @@ func CopyDir(t *testing.T, dir string) string {
 		}
 	}
 	return dst
+}
+
+// WriteFilesImage gives the images of dir (a fixture, which keeps no
+// files.img) one open file, on the root mount of the root namespace: the
+// other mounts are mntv2's to make in reduce mode.
+func WriteFilesImage(t *testing.T, dir string) {
+	t.Helper()
+	d, err := images.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ns, _, err := d.RootMountNamespace()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms, err := d.Mounts(ns)
+	if err != nil || len(ms) == 0 {
+		t.Fatal(ms, err)
+	}
+	var root int32 = -1
+	for _, m := range ms {
+		if m.Mountpoint == "/" {
+			root = int32(m.MntID)
+		}
+	}
+	u := uint32(0)
+	fe := &fdinfo.FileEntry{Type: fdinfo.FdTypes_REG.Enum(), Id: proto.Uint32(1), Reg: &regfile.RegFileEntry{
+		Id: proto.Uint32(1), Flags: &u, Pos: proto.Uint64(0), Name: proto.String("/etc/hostname"), MntId: &root,
+		Fown: &fown.FownEntry{Uid: &u, Euid: &u, Signum: &u, PidType: &u, Pid: &u}}}
+	rec, err := proto.Marshal(fe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := &images.Image{File: "files.img", Type: images.Files, Records: [][]byte{rec}}
+	if err := os.WriteFile(filepath.Join(dir, img.File), img.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
