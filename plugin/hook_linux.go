@@ -53,6 +53,9 @@ type Settings struct {
 	// computed, before it is written (the Notify makes the completion
 	// ready meanwhile).
 	planned func(pre *rewritten)
+	// takePrepared has pre-restore take the rewrite prepared at dump in
+	// Go (the Notify; the action script's C half swaps it in itself).
+	takePrepared bool
 }
 
 // LoadSettings reads the settings from getenv, then from ConfigFile.
@@ -306,6 +309,9 @@ func preRestore(d *images.Dir, owner int, token string, getenv func(string) stri
 	if s.Strip {
 		opt.Mode = ModeStrip
 	}
+	if s.takePrepared && !s.NoPrepared {
+		opt.Prepared = new(string)
+	}
 	if s.planned != nil {
 		opt.Planned = func(man *Manifest) {
 			pre.man = man
@@ -322,6 +328,9 @@ func preRestore(d *images.Dir, owner int, token string, getenv func(string) stri
 	if *opt.Reason != "" {
 		log.Info("pre-restore: CRIU restores every mount (strip and reapply): " + *opt.Reason)
 	}
+	if opt.Prepared != nil && *opt.Prepared != "" && man != nil {
+		log.Debug("pre-restore: the rewrite prepared at dump is not taken: " + *opt.Prepared)
+	}
 	if man == nil {
 		log.Info("pre-restore: no mount of the images has sharing, and none can be left to mntv2; nothing to rewrite")
 		return pre, nil
@@ -332,7 +341,8 @@ func preRestore(d *images.Dir, owner int, token string, getenv func(string) stri
 	}
 	if man.Mode == ModeReduce {
 		log.Info("pre-restore: images rewritten: CRIU restores the mounts it must, without sharing; mntv2 makes the rest at post-restore",
-			"files", strings.Join(names, ","), "kept", len(man.Kept), "originals", backupPrefix+"*", "watching", owner)
+			"files", strings.Join(names, ","), "kept", len(man.Kept), "originals", backupPrefix+"*", "watching", owner,
+			"prepared", opt.Prepared != nil && *opt.Prepared == "")
 		return pre, nil
 	}
 	log.Info("pre-restore: images rewritten without sharing", "files", strings.Join(names, ","),

@@ -99,6 +99,7 @@ func (n *Notify) rewrite(armed func() error, token string) {
 	// the completion's early steps run in. A rewrite that fails after has
 	// the completion closed unused (Close).
 	s.planned = n.prepare
+	s.takePrepared = true
 	pre, err := preRestore(n.dir, os.Getpid(), token, os.Getenv, s)
 	if err != nil {
 		n.aheadErr = err

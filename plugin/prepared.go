@@ -185,3 +185,58 @@ func preparedRewrite(d *images.Dir, token string) (*rewritten, error) {
 	}
 	return &rewritten{man: man, input: input}, nil
 }
+
+// preparedPending is the rewrite Prepare left beside d's images, for owner
+// and token, as planRewrite would compute it: what the action script's C
+// half swaps in, for a pre-restore in Go (the Notify). It is nil, with why,
+// unless the images are exactly those it was prepared from.
+func preparedPending(d *images.Dir, owner int, token string) (*pendingRewrite, string, error) {
+	if !d.Exists(PreparedName) {
+		return nil, "no rewrite was prepared at dump", nil
+	}
+	data, err := d.ReadAll(PreparedName)
+	if err != nil {
+		return nil, "", err
+	}
+	head, manifest, ok := bytes.Cut(data, []byte("\nmanifest\n"))
+	lines := strings.Split(string(head), "\n")
+	if !ok || lines[0] != preparedHeader {
+		return nil, PreparedName + " is not a prepared rewrite this mntv2 reads", nil
+	}
+	var stamps, swaps []string
+	for _, l := range lines[1:] {
+		switch {
+		case strings.HasPrefix(l, "stamp "):
+			stamps = append(stamps, l)
+		case strings.HasPrefix(l, "swap "):
+			swaps = append(swaps, strings.TrimPrefix(l, "swap "))
+		default:
+			return nil, fmt.Sprintf("%s has a line %q", PreparedName, l), nil
+		}
+	}
+	now, err := stampImages(d)
+	if err != nil {
+		return nil, "", err
+	}
+	if !slices.Equal(now, stamps) {
+		return nil, "the images changed since the rewrite was prepared", nil
+	}
+	man := &Manifest{}
+	if err := json.Unmarshal(manifest, man); err != nil {
+		return nil, fmt.Sprintf("%s: its manifest: %v", PreparedName, err), nil
+	}
+	if man.Token != tokenMark || man.Owner != ownerMark || man.Mode != ModeReduce || len(man.Files) != len(swaps) {
+		return nil, PreparedName + " does not hold a reduce-mode rewrite", nil
+	}
+	rewritten := make(map[string][]byte, len(swaps))
+	for i, name := range swaps {
+		if man.Files[i].Name != name {
+			return nil, PreparedName + ": its manifest and its swaps differ", nil
+		}
+		if rewritten[name], err = d.ReadAll(preparedPrefix + name); err != nil {
+			return nil, "", err
+		}
+	}
+	man.Token, man.Owner = token, owner
+	return &pendingRewrite{man: man, rewritten: rewritten}, "", nil
+}

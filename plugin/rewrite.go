@@ -193,6 +193,10 @@ type RewriteOptions struct {
 	// Planned, when set, receives the manifest once the rewrite is
 	// computed, before anything is written (Originals are set then).
 	Planned func(man *Manifest)
+	// Prepared, when set, has the rewrite prepared at dump (Prepare)
+	// taken in reduce mode, if the images are those it was prepared from,
+	// instead of computing it again; it receives why not, or "".
+	Prepared *string
 }
 
 // Rewrite rewrites the mountpoints images of d for the CRIU process owner,
@@ -208,14 +212,46 @@ func Rewrite(d *images.Dir, owner int, token string, opt RewriteOptions) (*Manif
 	if _, err := Recover(d); err != nil {
 		return nil, err
 	}
-	p, err := planRewrite(d, owner, token, opt)
-	if err != nil || p == nil {
-		return nil, err
+	var p *pendingRewrite
+	var err error
+	if opt.Prepared != nil && opt.Mode == ModeReduce {
+		if token == "" {
+			token = NewToken()
+		}
+		if p, *opt.Prepared, err = preparedPending(d, owner, token); err != nil {
+			return nil, err
+		}
+		if p != nil && opt.Originals != nil {
+			if *opt.Originals, err = readOriginals(d); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if p == nil {
+		if p, err = planRewrite(d, owner, token, opt); err != nil || p == nil {
+			return nil, err
+		}
 	}
 	if opt.Planned != nil {
 		opt.Planned(p.man)
 	}
 	return p.commit(d, fail)
+}
+
+// readOriginals reads the mounts of d's images, as planRewrite gives them
+// in RewriteOptions.Originals.
+func readOriginals(d *images.Dir) ([]forest.NamespaceMounts, error) {
+	ids, err := d.MountNamespaces()
+	if err != nil {
+		return nil, err
+	}
+	input := make([]forest.NamespaceMounts, len(ids))
+	for i, id := range ids {
+		if _, _, input[i], err = readMountpoints(d, id, images.MountpointsFile(id)); err != nil {
+			return nil, err
+		}
+	}
+	return input, addRecords(d, input)
 }
 
 // addRecords gives the mounts of d's images what mntv2's dump-side record

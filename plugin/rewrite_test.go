@@ -1,10 +1,13 @@
 package plugin
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -387,4 +390,81 @@ func tryDigests(dir string) (map[string]string, error) {
 		out[e.Name()] = hex.EncodeToString(sum[:])
 	}
 	return out, nil
+}
+
+// The Notify's pre-restore takes the rewrite prepared at dump in Go
+// (RewriteOptions.Prepared): it writes what computing the rewrite again
+// writes, the same manifest for its owner and token, and the images are
+// byte-identical once recovered, the prepared files included. A changed
+// image, or no preparation, has it computed again, saying why.
+func TestRewritePrepared(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		prepare bool
+		touch   bool
+		why     string
+	}{
+		{name: "prepared", prepare: true},
+		{name: "image changed", prepare: true, touch: true, why: "the images changed since the rewrite was prepared"},
+		{name: "none", why: "no rewrite was prepared at dump"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := copyImages(t, "02-peers-no-common-root")
+			testns.WriteFilesImage(t, dir)
+			d := openDir(t, dir)
+			if tc.prepare {
+				if err := Prepare(d, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.touch {
+				later := time.Now().Add(time.Minute)
+				if err := os.Chtimes(filepath.Join(dir, "inventory.img"), later, later); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before := snapshot(t, dir)
+			// What computing the rewrite makes of the same images.
+			ref := copyImages(t, "02-peers-no-common-root")
+			testns.WriteFilesImage(t, ref)
+			rd := openDir(t, ref)
+			want, err := Rewrite(rd, 7, "tok", RewriteOptions{Mode: ModeReduce})
+			if err != nil || want == nil {
+				t.Fatalf("reference rewrite: %v %v", want, err)
+			}
+			var why string
+			var originals []forest.NamespaceMounts
+			got, err := Rewrite(d, 7, "tok", RewriteOptions{Mode: ModeReduce, Prepared: &why, Originals: &originals})
+			if err != nil || got == nil {
+				t.Fatalf("rewrite: %v %v", got, err)
+			}
+			if why != tc.why {
+				t.Errorf("why not prepared: %q, want %q", why, tc.why)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("manifest:\n%+v\nwant\n%+v", got, want)
+			}
+			for _, fr := range want.Files {
+				a, _ := os.ReadFile(filepath.Join(ref, fr.Name))
+				b, _ := os.ReadFile(filepath.Join(dir, fr.Name))
+				if !bytes.Equal(a, b) || len(a) == 0 {
+					t.Errorf("%s: %d bytes, want the %d of the computed rewrite", fr.Name, len(b), len(a))
+				}
+			}
+			if n := 0; len(originals) == 0 {
+				t.Error("no originals")
+			} else {
+				for _, ns := range originals {
+					n += len(ns.Mounts)
+				}
+				if n <= len(want.Kept) {
+					t.Errorf("originals: %d mounts, not more than the %d kept", n, len(want.Kept))
+				}
+			}
+			if _, err := Recover(d); err != nil {
+				t.Fatal(err)
+			}
+			sameSnapshot(t, "recovered", before, snapshot(t, dir))
+		})
+	}
 }
