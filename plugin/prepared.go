@@ -28,7 +28,9 @@ import (
 // name for each original, one fsync of the directory, then each image
 // replaced by a link of its prepared bytes. CRIU goes on at once; the
 // resident then starts the Go runtime while CRIU restores the tasks, and
-// takes the rewrite from the manifest (preparedRewrite). Anything
+// takes the rewrite from the manifest (preparedRewrite). The Notify (an RPC
+// restore, no action script) takes it in Go at its pre-restore
+// (preparedPending: the same stamps, then commit as any rewrite). Anything
 // unexpected (another rewrite in place, an image changed, added or
 // removed, a setting other than reduce, a test pause) leaves it to the Go
 // path, which rewrites as before; the prepared files are never changed at
