@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/mntv2/mntv2/forest"
 	"github.com/mntv2/mntv2/images"
 	"golang.org/x/sys/unix"
 )
@@ -167,22 +166,13 @@ func preparedRewrite(d *images.Dir, token string) (*rewritten, error) {
 	for _, fr := range man.Files {
 		swapped[fr.Name] = true
 	}
-	ids, err := d.MountNamespaces()
-	if err != nil {
-		return nil, err
-	}
-	input := make([]forest.NamespaceMounts, len(ids))
-	for i, id := range ids {
-		name := images.MountpointsFile(id)
-		file := name
+	input, err := readOriginals(d, func(name string) string {
 		if swapped[name] {
-			file = backupPrefix + name
+			return backupPrefix + name
 		}
-		if _, _, input[i], err = readMountpoints(d, id, file); err != nil {
-			return nil, err
-		}
-	}
-	if err := addRecords(d, input); err != nil {
+		return name
+	})
+	if err != nil {
 		return nil, err
 	}
 	return &rewritten{man: man, input: input}, nil

@@ -222,7 +222,7 @@ func Rewrite(d *images.Dir, owner int, token string, opt RewriteOptions) (*Manif
 			return nil, err
 		}
 		if p != nil && opt.Originals != nil {
-			if *opt.Originals, err = readOriginals(d); err != nil {
+			if *opt.Originals, err = readOriginals(d, nil); err != nil {
 				return nil, err
 			}
 		}
@@ -238,16 +238,21 @@ func Rewrite(d *images.Dir, owner int, token string, opt RewriteOptions) (*Manif
 	return p.commit(d, fail)
 }
 
-// readOriginals reads the mounts of d's images, as planRewrite gives them
-// in RewriteOptions.Originals.
-func readOriginals(d *images.Dir) ([]forest.NamespaceMounts, error) {
+// readOriginals reads the mounts of d's original images, as planRewrite
+// gives them in RewriteOptions.Originals; file names the file that holds
+// each mountpoints image now (nil: its own name).
+func readOriginals(d *images.Dir, file func(name string) string) ([]forest.NamespaceMounts, error) {
 	ids, err := d.MountNamespaces()
 	if err != nil {
 		return nil, err
 	}
 	input := make([]forest.NamespaceMounts, len(ids))
 	for i, id := range ids {
-		if _, _, input[i], err = readMountpoints(d, id, images.MountpointsFile(id)); err != nil {
+		name := images.MountpointsFile(id)
+		if file != nil {
+			name = file(name)
+		}
+		if _, _, input[i], err = readMountpoints(d, id, name); err != nil {
 			return nil, err
 		}
 	}
