@@ -396,7 +396,10 @@ func leftYard(nsPath, yard string, gone func() bool) func(stop <-chan struct{}) 
 				return false
 			}
 			if t.Sub(start) < 20*time.Millisecond {
-				time.Sleep(100 * time.Microsecond)
+				// Not time.Sleep: the runtime rounds a sleep this short
+				// up to its timer's resolution, about a millisecond
+				// here, which post-restore would wait for.
+				_ = unix.Nanosleep(&unix.Timespec{Nsec: 100_000}, nil)
 			} else {
 				time.Sleep(time.Millisecond)
 			}
